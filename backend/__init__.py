@@ -1,0 +1,1 @@
+"""backend: the HTTP API (FastAPI), persistence (SQLAlchemy), auth and job lifecycle."""

@@ -1,0 +1,1 @@
+"""dashboard: the Streamlit + Plotly browser UI; talks to the backend over HTTP only."""

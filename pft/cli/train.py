@@ -1,0 +1,1 @@
+"""CLI commands that train and evaluate: pretrain, finetune, evaluate, soup greedy."""

@@ -1,0 +1,97 @@
+"""Builds timm models from catalogue specs: pre-trained weights, built-in backbones, meta shapes.
+
+    python -m pft.model_factory --write-shipped   # regenerates pft/model_shapes/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from pft.errors import PftError
+from pft.model_catalog import CATALOG, ModelSpec, get_spec, write_cached_table
+from pft.paths import models_dir
+
+
+def _create(spec: ModelSpec, num_classes: int, pretrained: bool, **extra: Any) -> nn.Module:
+    return timm.create_model(
+        spec.timm_name, pretrained=pretrained, num_classes=num_classes, **spec.overrides, **extra
+    )
+
+
+def shape_table(spec: ModelSpec) -> dict:
+    """Parameter shapes of a spec, built on the meta device (no memory for weights)."""
+    with torch.device("meta"):
+        body = _create(spec, 0, pretrained=False)
+        one = _create(spec, 1, pretrained=False)
+    body_names = dict(body.named_parameters())
+    head = [(n, list(p.shape)) for n, p in one.named_parameters() if n not in body_names]
+    return {
+        "timm_name": spec.timm_name,
+        "overrides": spec.overrides,
+        "body": [(n, list(p.shape)) for n, p in body.named_parameters()],
+        "head": head,
+    }
+
+
+def builtin_weights_path(name: str) -> Path:
+    return models_dir() / name / "model.safetensors"
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A timm model with a fresh ``num_classes`` head.
+
+    ``pretrained=True`` loads hub weights for timm names (a clear error naming the model when
+    the network is unreachable) or the weights `pft pretrain` wrote for built-in models.
+    """
+    spec = get_spec(name, overrides)
+    if spec.source == "builtin" and pretrained:
+        from safetensors.torch import load_file
+
+        path = builtin_weights_path(spec.name)
+        if not path.is_file():
+            raise PftError(f"built-in model {spec.name!r} is not pre-trained yet: run `pft pretrain`"
+                           f" (expected {path})")
+        model = _create(spec, num_classes, pretrained=False)
+        state = load_file(path)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise PftError(f"weights at {path} do not fit {spec.name!r}; re-run `pft pretrain`")
+        return model
+    if spec.source in ("builtin", "random") or not pretrained:
+        return _create(spec, num_classes, pretrained=False)
+    try:
+        return _create(spec, num_classes, pretrained=True)
+    except (OSError, RuntimeError) as exc:  # hub unreachable, no weights for this tag
+        raise PftError(
+            f"could not load pre-trained weights for {spec.name!r} ({type(exc).__name__}: {exc}); "
+            "check the network, or use pretrained=false to train from random weights"
+        ) from exc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write-shipped", action="store_true")
+    args = parser.parse_args()
+    if args.write_shipped:
+        out = Path(__file__).parent / "model_shapes"
+        for spec in CATALOG.values():
+            print(write_cached_table(spec, shape_table(spec), out))
+        names = sorted(set(timm.list_models()) | set(timm.list_models(pretrained=True)))
+        (out / "timm_models.txt").write_text("\n".join(names) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""worker: Celery tasks that load a job from the database, run pft, and write results back."""
