@@ -18,10 +18,16 @@ from pft.model_catalog import CATALOG, ModelSpec, get_spec, write_cached_table
 from pft.paths import models_dir
 
 
+BASE_SEED = 0  # random-init weights are a pure function of the spec, so deltas can be rebuilt
+
+
 def _create(spec: ModelSpec, num_classes: int, pretrained: bool, **extra: Any) -> nn.Module:
-    return timm.create_model(
-        spec.timm_name, pretrained=pretrained, num_classes=num_classes, **spec.overrides, **extra
-    )
+    # A private RNG stream: the caller's seeding is untouched and random weights are repeatable.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BASE_SEED)
+        return timm.create_model(
+            spec.timm_name, pretrained=pretrained, num_classes=num_classes, **spec.overrides, **extra
+        )
 
 
 def shape_table(spec: ModelSpec) -> dict:

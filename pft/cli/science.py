@@ -1,1 +1,190 @@
 """CLI commands on names and weights: units, strategies, angles, uniform and masked soups."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from pft.cli.app import app
+from pft.errors import PftError
+
+soup_app = typer.Typer(help="Build model soups from delta checkpoints.", no_args_is_help=True)
+app.add_typer(soup_app, name="soup")
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--override takes KEY=VALUE, got {pair!r}")
+        out[key] = json.loads(value) if value.replace(".", "", 1).isdigit() else value
+    return out
+
+
+def _unit_map(model: str, num_classes: int, override: list[str] | None):
+    from pft.model_catalog import unit_map_for
+
+    try:
+        return unit_map_for(model, num_classes, _overrides(override), compute=True)
+    except PftError as exc:
+        fail(str(exc))
+
+
+def _table(rows: list[list], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        cells = zip(row, widths, strict=True)
+        typer.echo("  ".join(_cell(x, w) for x, w in cells).rstrip())
+
+
+def _cell(value: object, width: int) -> str:
+    text = str(value)
+    numeric = text.replace(",", "").replace(".", "").replace("%", "").replace("e-", "").isdigit()
+    return text.rjust(width) if numeric else text.ljust(width)
+
+
+NUM_CLASSES = typer.Option(100, "--num-classes", "-n", help="classes of the new head")
+OVERRIDE = typer.Option(None, "--override", help="timm keyword override KEY=VALUE (repeatable)")
+JSON = typer.Option(False, "--json", help="print the stable JSON contract")
+
+
+@app.command()
+def units(model: str, num_classes: int = NUM_CLASSES, override: list[str] = OVERRIDE,
+          as_json: bool = JSON) -> None:
+    """The unit map of MODEL: ATTN/FFN units, their groups and parameter counts."""
+    um = _unit_map(model, num_classes, override)
+    data = um.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{model}: {um.total_params:,} params, head {um.head_params:,}, "
+               f"{len(um.units)} units in groups {', '.join(um.groups)}")
+    _table([[u.name, u.group, u.block, f"{u.params:,}", len(u.tensors)] for u in um.units],
+           ["unit", "group", "block", "params", "tensors"])
+
+
+@app.command()
+def strategies(
+    model: str,
+    num_classes: int = NUM_CLASSES,
+    override: list[str] = OVERRIDE,
+    k: int = typer.Option(None, help="K per group for angle_topk (default: half the smallest group)"),
+    units: list[str] = typer.Option(None, "--unit", help="units for `custom` (repeatable)"),
+    as_json: bool = JSON,
+) -> None:
+    """Every built-in strategy resolved on MODEL: tuned units and tuned parameters.
+
+    angle_topk's count does not depend on the angles (units of a group have one shape), so it is
+    shown for any ranking; custom is shown when --unit is given.
+    """
+    from pft.strategies import STRATEGIES, resolve_strategy
+
+    um = _unit_map(model, num_classes, override)
+    smallest = min(len(g) for g in um.groups.values())
+    k = k if k is not None else max(1, smallest // 2)
+    rows = []
+    for name, strategy in STRATEGIES.items():
+        params: dict = {}
+        if name == "angle_topk":
+            params = {"k": k, "order": "largest", "angles": dict.fromkeys(um.unit_names, 0.0)}
+        elif name == "custom":
+            if not units:
+                continue
+            params = {"units": list(units)}
+        try:
+            rows.append(resolve_strategy(um, name, **params).to_dict(strategy.description))
+        except PftError as exc:
+            fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({"model": model, "num_classes": num_classes, "strategies": rows},
+                              indent=2))
+        return
+    _table([[r["name"], f"{r['tuned_params']:,}", f"{100 * r['tuned_fraction']:.2f}%",
+             len(r["units"]), r["description"]] for r in rows],
+           ["strategy", "tuned params", "of model", "units", "description"])
+
+
+@app.command()
+def angles(
+    pretrained: str = typer.Argument(..., help="safetensors file, or a model name"),
+    finetuned: Path = typer.Argument(..., help="safetensors state dict or pft delta checkpoint"),
+    pretrained_weights: Path = typer.Option(
+        None, help="with a model name: load these safetensors weights instead of the hub's"),
+    as_json: bool = JSON,
+) -> None:
+    """Fine-tuned angle of every unit (and tensor) between two checkpoints."""
+    from pft.angles import compute_angles
+    from pft.weights import open_weights, pretrained_weights_for
+    from pft.units import build_unit_map
+
+    try:
+        ft, meta = open_weights(finetuned)
+        pre = pretrained_weights_for(pretrained, ft, pretrained_weights)
+        shapes = [(n, ft.shape(n)) for n in ft]
+        head = [s for n, s in shapes if n in ("head.weight", "head.fc.weight")]
+        um = build_unit_map(shapes, model=str(meta.get("base_model", pretrained)),
+                            num_classes=head[0][0] if head else 0)
+        if meta.get("format", "").startswith("pft-delta"):
+            ft = ft.over(pre)
+        report = compute_angles(pre, ft, um)
+    except PftError as exc:
+        fail(str(exc))
+    data = report.to_dict(um)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _table([[u["name"], f"{u['angle_deg']:.4f}", f"{u['rel_change']:.3e}"] for u in data["units"]],
+           ["unit", "angle (deg)", "rel change"])
+
+
+class SoupMethod(str, Enum):
+    uniform = "uniform"
+    masked = "masked"
+
+
+def build_soup_file(method: str, checkpoints: list[Path], out: Path) -> dict:
+    """Averages delta checkpoints into a new delta checkpoint at ``out``; returns its metadata."""
+    from pft.checkpoint import load_delta, save_delta
+    from pft.soups import check_compatible, masked_soup, uniform_soup
+    from pft.weights import base_state_for
+
+    if len(checkpoints) < 2:
+        raise PftError("a soup needs at least two checkpoints")
+    metas = [load_delta(p, meta_only=True)[1] for p in checkpoints]
+    check_compatible(metas, [str(p) for p in checkpoints])
+    base = base_state_for(metas[0])
+    deltas = (load_delta(p)[0] for p in checkpoints)  # streamed: one ingredient at a time
+    soup = uniform_soup(deltas, base) if method == "uniform" else masked_soup(deltas, base)
+    meta = {k: metas[0][k] for k in metas[0] if k not in ("strategy", "strategy_params", "hparams")}
+    meta |= {"strategy": f"soup:{method}", "ingredients": [str(p) for p in checkpoints]}
+    save_delta(out, soup, meta)
+    return meta
+
+
+@soup_app.command("uniform")
+def soup_uniform(checkpoints: list[Path], out: Path = typer.Option(..., "--out")) -> None:
+    """Uniform soup: the average of all ingredients (Wortsman et al. 2022)."""
+    _soup("uniform", checkpoints, out)
+
+
+@soup_app.command("masked")
+def soup_masked(checkpoints: list[Path], out: Path = typer.Option(..., "--out")) -> None:
+    """Masked soup: each tensor averaged over the ingredients that tuned it."""
+    _soup("masked", checkpoints, out)
+
+
+def _soup(method: str, checkpoints: list[Path], out: Path) -> None:
+    try:
+        build_soup_file(method, checkpoints, out)
+    except PftError as exc:
+        fail(str(exc))
+    typer.echo(f"{method} soup of {len(checkpoints)} checkpoints written to {out}")

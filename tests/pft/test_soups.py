@@ -1,0 +1,109 @@
+"""Soups: uniform (streaming), greedy (Wortsman et al. 2022), and masked (partial tuning)."""
+
+import tracemalloc
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pft.errors import PftError
+from pft.soups import check_compatible, greedy_soup, masked_soup, uniform_soup
+
+
+def state(seed, names=("a", "b", "c"), shape=(4, 3)):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(shape, generator=g) for n in names}
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_uniform_soup_is_the_mean(n, seed):
+    ingredients = [state(seed + i) for i in range(n)]
+    soup = uniform_soup(ingredients)
+    for k in ("a", "b", "c"):
+        torch.testing.assert_close(soup[k], torch.stack([s[k] for s in ingredients]).mean(0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 1000), masks=st.lists(st.sets(st.sampled_from("abc")), min_size=1, max_size=5))
+def test_deltas_uniform_and_masked_against_full_models(seed, masks):
+    base = state(seed)
+    deltas = [{k: v for k, v in state(seed + 1 + i).items() if k in m} for i, m in enumerate(masks)]
+    full = [{**base, **d} for d in deltas]
+    uni = uniform_soup(deltas, base)
+    msk = masked_soup(deltas, base)
+    tuned = set().union(*masks)
+    assert set(uni) == set(msk) == tuned
+    for k in tuned:
+        torch.testing.assert_close(uni[k], torch.stack([f[k] for f in full]).mean(0))
+        mine = [d[k] for d in deltas if k in d]
+        torch.testing.assert_close(msk[k], torch.stack(mine).mean(0))
+
+
+def test_uniform_soup_streams_two_state_dicts():
+    big = (512, 512)  # 1 MiB per tensor in float32, 3 per state -> 3 MiB per ingredient
+
+    def ingredients(n):
+        for i in range(n):
+            yield state(i, shape=big)
+
+    tracemalloc.start()
+    uniform_soup(ingredients(12))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # running float64 sum (6 MiB) + one ingredient (3 MiB) + output: far from 12 ingredients (36 MiB)
+    assert peak < 16 * 2**20
+
+
+def test_greedy_soup_trace_and_strict_improvement():
+    # Ingredients are scalars; the score prefers soups near 1.0.
+    values = [0.0, 1.2, 0.9, 3.0, 1.0]
+    ingredients = [{"w": torch.tensor([v])} for v in values]
+
+    def score(s):
+        return -abs(float(s["w"]) - 1.0)
+
+    res = greedy_soup(ingredients, score)
+    order = [s.ingredient for s in res.trace]
+    assert order == [4, 2, 1, 0, 3]  # sorted by individual held-out score, best first
+    assert res.trace[0].accepted
+    # 1.0 alone scores 0; adding 0.9 -> 0.95 (worse); adding 1.2 -> 1.1 (worse); ...
+    accepted = [s.ingredient for s in res.trace if s.accepted]
+    assert accepted == res.selected
+    assert res.score == max(s.candidate_score for s in res.trace if s.accepted)
+    expected = torch.tensor([values[i] for i in res.selected]).mean()
+    torch.testing.assert_close(res.soup["w"], expected.reshape(1))
+
+
+def test_greedy_rejects_ties():
+    ingredients = [{"w": torch.tensor([1.0])}, {"w": torch.tensor([1.0])}]
+    res = greedy_soup(ingredients, lambda s: 0.5)
+    assert [s.accepted for s in res.trace] == [True, False]
+
+
+def test_greedy_adds_when_it_helps():
+    ingredients = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}]
+    res = greedy_soup(ingredients, lambda s: -abs(float(s["w"]) - 1.0), individual_scores=[-1.0, -1.0])
+    assert res.selected == [0, 1] and res.score == 0.0
+
+
+def test_incompatible_ingredients():
+    a = {"base_model": "pft/vit-micro", "model_overrides": {}, "pretrained": False, "num_classes": 3}
+    check_compatible([a, dict(a)])
+    with pytest.raises(PftError, match="num_classes=5"):
+        check_compatible([a, dict(a, num_classes=5)], ["x.safetensors", "y.safetensors"])
+    with pytest.raises(PftError, match="base_model='vit_base"):
+        check_compatible([a, dict(a, base_model="vit_base_patch16_224")])
+
+
+def test_shape_mismatch_named():
+    base = state(0)
+    with pytest.raises(PftError, match="tensor 'b' has shape"):
+        uniform_soup([{"b": torch.zeros(2, 2)}], base)
+    with pytest.raises(PftError, match="'zz' does not exist"):
+        masked_soup([{"zz": torch.zeros(1)}], base)
+    with pytest.raises(PftError, match="not in every ingredient"):
+        uniform_soup([state(0), state(1, names=("a", "b"))])
+    with pytest.raises(PftError, match="at least one"):
+        uniform_soup([])
