@@ -31,7 +31,8 @@ class AngleReport:
     tensors: dict[str, float | None]  # tensor name -> degrees (None where a norm is zero)
 
     def to_dict(self, unit_map: UnitMap | None = None) -> dict:
-        """JSON contract: ``{"units": [{name, angle_deg, rel_change}], "tensors": [{name, angle_deg}]}``.
+        """The JSON contract: ``{"units": [{name, angle_deg, rel_change}],
+        "tensors": [{name, angle_deg}]}``.
 
         With a unit map, entries also carry ``group``, ``block`` and (tensors) ``unit``/``part``
         for heatmaps.

@@ -23,8 +23,15 @@ from pft.paths import shapes_cache_dir
 from pft.units import UnitMap, build_unit_map
 
 # timm keyword overrides a job may set (small models for tests and CPU demos).
-ALLOWED_OVERRIDES = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "in_chans",
-                     "mlp_ratio")
+ALLOWED_OVERRIDES = (
+    "img_size",
+    "patch_size",
+    "depth",
+    "embed_dim",
+    "num_heads",
+    "in_chans",
+    "mlp_ratio",
+)
 
 
 @dataclass(frozen=True)
@@ -57,22 +64,44 @@ CATALOG: dict[str, ModelSpec] = {
             dict(img_size=16, patch_size=4, depth=4, embed_dim=32, num_heads=2, in_chans=1),
             source="random",
         ),
-        ModelSpec("vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224.augreg_in21k",
-                  "ViT-B/16, ImageNet-21k (the paper's main model)"),
-        ModelSpec("vit_small_patch16_224.augreg_in21k", "vit_small_patch16_224.augreg_in21k",
-                  "ViT-S/16, ImageNet-21k"),
-        ModelSpec("vit_tiny_patch16_224.augreg_in21k", "vit_tiny_patch16_224.augreg_in21k",
-                  "ViT-Ti/16, ImageNet-21k"),
-        ModelSpec("vit_large_patch16_224.augreg_in21k", "vit_large_patch16_224.augreg_in21k",
-                  "ViT-L/16, ImageNet-21k"),
-        ModelSpec("deit_small_patch16_224.fb_in1k", "deit_small_patch16_224.fb_in1k",
-                  "DeiT-S, ImageNet-1k"),
-        ModelSpec("deit_base_patch16_224.fb_in1k", "deit_base_patch16_224.fb_in1k",
-                  "DeiT-B, ImageNet-1k"),
-        ModelSpec("swin_tiny_patch4_window7_224.ms_in1k", "swin_tiny_patch4_window7_224.ms_in1k",
-                  "Swin-T, ImageNet-1k (4 stages: 8 groups)"),
-        ModelSpec("swin_base_patch4_window7_224.ms_in22k", "swin_base_patch4_window7_224.ms_in22k",
-                  "Swin-B, ImageNet-22k (the paper's hierarchical model)"),
+        ModelSpec(
+            "vit_base_patch16_224.augreg_in21k",
+            "vit_base_patch16_224.augreg_in21k",
+            "ViT-B/16, ImageNet-21k (the paper's main model)",
+        ),
+        ModelSpec(
+            "vit_small_patch16_224.augreg_in21k",
+            "vit_small_patch16_224.augreg_in21k",
+            "ViT-S/16, ImageNet-21k",
+        ),
+        ModelSpec(
+            "vit_tiny_patch16_224.augreg_in21k",
+            "vit_tiny_patch16_224.augreg_in21k",
+            "ViT-Ti/16, ImageNet-21k",
+        ),
+        ModelSpec(
+            "vit_large_patch16_224.augreg_in21k",
+            "vit_large_patch16_224.augreg_in21k",
+            "ViT-L/16, ImageNet-21k",
+        ),
+        ModelSpec(
+            "deit_small_patch16_224.fb_in1k",
+            "deit_small_patch16_224.fb_in1k",
+            "DeiT-S, ImageNet-1k",
+        ),
+        ModelSpec(
+            "deit_base_patch16_224.fb_in1k", "deit_base_patch16_224.fb_in1k", "DeiT-B, ImageNet-1k"
+        ),
+        ModelSpec(
+            "swin_tiny_patch4_window7_224.ms_in1k",
+            "swin_tiny_patch4_window7_224.ms_in1k",
+            "Swin-T, ImageNet-1k (4 stages: 8 groups)",
+        ),
+        ModelSpec(
+            "swin_base_patch4_window7_224.ms_in22k",
+            "swin_base_patch4_window7_224.ms_in22k",
+            "Swin-B, ImageNet-22k (the paper's hierarchical model)",
+        ),
     ]
 }
 
@@ -92,13 +121,19 @@ def get_spec(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec:
     """The spec for a catalogue name or any timm name; raises PftError with close matches."""
     bad = sorted(set(overrides or {}) - set(ALLOWED_OVERRIDES))
     if bad:
-        raise PftError(f"model override {bad[0]!r} is not accepted; accepted: "
-                       + ", ".join(ALLOWED_OVERRIDES))
+        raise PftError(
+            f"model override {bad[0]!r} is not accepted; accepted: " + ", ".join(ALLOWED_OVERRIDES)
+        )
     if name in CATALOG:
         spec = CATALOG[name]
         if overrides:
-            spec = ModelSpec(spec.name, spec.timm_name, spec.description,
-                             {**spec.overrides, **overrides}, spec.source)
+            spec = ModelSpec(
+                spec.name,
+                spec.timm_name,
+                spec.description,
+                {**spec.overrides, **overrides},
+                spec.source,
+            )
         return spec
     if name in timm_names() or architecture(name) in timm_names():
         return ModelSpec(name, name, f"timm model {name}", dict(overrides or {}))
@@ -146,7 +181,7 @@ def shape_table(spec: ModelSpec) -> dict | None:
 
 
 def named_shapes_from_table(table: dict, num_classes: int) -> list[tuple[str, tuple[int, ...]]]:
-    """Parameter shapes for ``num_classes`` outputs: the table stores the body and a 1-class head."""
+    """Parameter shapes for a ``num_classes`` head (tables store the body and a 1-class head)."""
     out = [(n, tuple(s)) for n, s in table["body"]]
     for name, shape in table["head"]:
         out.append((name, (num_classes, *shape[1:])))
@@ -175,5 +210,6 @@ def unit_map_for(
 
         table = compute_table(spec)
         write_cached_table(spec, table)
-    return build_unit_map(named_shapes_from_table(table, num_classes), model=name,
-                          num_classes=num_classes)
+    return build_unit_map(
+        named_shapes_from_table(table, num_classes), model=name, num_classes=num_classes
+    )

@@ -1,6 +1,6 @@
 """Builds timm models from catalogue specs: pre-trained weights, built-in backbones, meta shapes.
 
-    python -m pft.model_factory --write-shipped   # regenerates pft/model_shapes/
+python -m pft.model_factory --write-shipped   # regenerates pft/model_shapes/
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def _create(spec: ModelSpec, num_classes: int, pretrained: bool, **extra: Any) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_SEED)
         return timm.create_model(
-            spec.timm_name, pretrained=pretrained, num_classes=num_classes, **spec.overrides, **extra
+            spec.timm_name,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            **spec.overrides,
+            **extra,
         )
 
 
@@ -67,8 +71,10 @@ def create_model(
 
         path = builtin_weights_path(spec.name)
         if not path.is_file():
-            raise PftError(f"built-in model {spec.name!r} is not pre-trained yet: run `pft pretrain`"
-                           f" (expected {path})")
+            raise PftError(
+                f"built-in model {spec.name!r} is not pre-trained yet: run `pft pretrain`"
+                f" (expected {path})"
+            )
         model = _create(spec, num_classes, pretrained=False)
         state = load_file(path)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}

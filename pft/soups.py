@@ -18,30 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from pft.errors import PftError
 
 State = Mapping[str, torch.Tensor]
-COMPAT_KEYS = ("base_model", "model_overrides", "pretrained", "num_classes")
-
-
-def check_compatible(metas: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> None:
-    """Raises PftError unless all ingredients share the pre-trained model and head shape."""
-    if not metas:
-        raise PftError("a soup needs at least one ingredient")
-    names = names or [f"ingredient {i}" for i in range(len(metas))]
-    first = metas[0]
-    for name, meta in zip(names[1:], metas[1:], strict=True):
-        for key in COMPAT_KEYS:
-            if meta.get(key) != first.get(key):
-                raise PftError(
-                    f"{name} has {key}={meta.get(key)!r} but {names[0]} has {first.get(key)!r}: "
-                    "soup ingredients must be fine-tuned from the same pre-trained model with the "
-                    "same head"
-                )
 
 
 def _check_tensor(name: str, value: torch.Tensor, base: State | None, where: str) -> None:
@@ -56,7 +38,9 @@ def _check_tensor(name: str, value: torch.Tensor, base: State | None, where: str
         )
 
 
-def _average(ingredients: Iterable[State], base: State | None, masked: bool) -> dict[str, torch.Tensor]:
+def _average(
+    ingredients: Iterable[State], base: State | None, masked: bool
+) -> dict[str, torch.Tensor]:
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     n = 0
@@ -72,8 +56,10 @@ def _average(ingredients: Iterable[State], base: State | None, masked: bool) -> 
         for name, value in delta.items():
             _check_tensor(name, value, base, f"ingredient {i}")
             if name in sums and sums[name].shape != value.shape:
-                raise PftError(f"ingredient {i}: tensor {name!r} has shape {tuple(value.shape)}, "
-                               f"other ingredients {tuple(sums[name].shape)}")
+                raise PftError(
+                    f"ingredient {i}: tensor {name!r} has shape {tuple(value.shape)}, "
+                    f"other ingredients {tuple(sums[name].shape)}"
+                )
             if name not in sums:
                 # For a uniform soup, earlier ingredients that did not tune this tensor
                 # contributed its pre-trained value.
@@ -95,7 +81,9 @@ def _average(ingredients: Iterable[State], base: State | None, masked: bool) -> 
     return {k: (s / counts[k]).to(dtype.get(k, torch.float32)) for k, s in sums.items()}
 
 
-def uniform_soup(ingredients: Iterable[State], base: State | None = None) -> dict[str, torch.Tensor]:
+def uniform_soup(
+    ingredients: Iterable[State], base: State | None = None
+) -> dict[str, torch.Tensor]:
     """The average of all ingredients (as a delta over ``base`` when one is given)."""
     return _average(ingredients, base, masked=False)
 
@@ -143,9 +131,11 @@ def greedy_soup(
     """
     if not ingredients:
         raise PftError("a soup needs at least one ingredient")
-    singles = list(individual_scores) if individual_scores is not None else [
-        score(d) for d in ingredients
-    ]
+    singles = (
+        list(individual_scores)
+        if individual_scores is not None
+        else [score(d) for d in ingredients]
+    )
     order = sorted(range(len(ingredients)), key=lambda i: -singles[i])
     best = order[0]
     selected = [best]

@@ -103,29 +103,55 @@ _K = StrategyParam("k", "int", "units tuned per group", default=None, minimum=1)
 _ORDER = StrategyParam(
     "order", "choice", "largest angles (hard tasks) or smallest (easy tasks)", "smallest", ORDERS
 )
-_ANGLES = StrategyParam("angles", "angles", "per-unit fine-tuned angles from a full fine-tuning run")
+_ANGLES = StrategyParam(
+    "angles", "angles", "per-unit fine-tuned angles from a full fine-tuning run"
+)
 _UNITS = StrategyParam("units", "units", "the units to tune, e.g. ATTN.0, FFN.11")
 
 _ALL: list[Strategy] = [
-    Strategy("full", "Tune every parameter (full fine-tuning)", _manual(("ATTN", "FFN"), "all"),
-             tunes_stem=True),
+    Strategy(
+        "full",
+        "Tune every parameter (full fine-tuning)",
+        _manual(("ATTN", "FFN"), "all"),
+        tunes_stem=True,
+    ),
     Strategy("linear_probe", "Tune only the new classifier head", lambda um, p: []),
     Strategy("attn_only", "Tune every ATTN unit (+ head)", _manual(("ATTN",), "all")),
     Strategy("ffn_only", "Tune every FFN unit (+ head)", _manual(("FFN",), "all")),
-    Strategy("attn_first_half", "Tune ATTN units of the first half of the blocks",
-             _manual(("ATTN",), "first")),
-    Strategy("attn_last_half", "Tune ATTN units of the last half of the blocks",
-             _manual(("ATTN",), "last")),
-    Strategy("ffn_first_half", "Tune FFN units of the first half of the blocks",
-             _manual(("FFN",), "first")),
-    Strategy("ffn_last_half", "Tune FFN units of the last half of the blocks",
-             _manual(("FFN",), "last")),
-    Strategy("blocks_first_half", "Tune ATTN and FFN units of the first half of the blocks",
-             _manual(("ATTN", "FFN"), "first")),
-    Strategy("blocks_last_half", "Tune ATTN and FFN units of the last half of the blocks",
-             _manual(("ATTN", "FFN"), "last")),
-    Strategy("angle_topk", "FAPFT: tune the top-K units per group ranked by fine-tuned angle",
-             _angle_topk, params=(_K, _ORDER, _ANGLES)),
+    Strategy(
+        "attn_first_half",
+        "Tune ATTN units of the first half of the blocks",
+        _manual(("ATTN",), "first"),
+    ),
+    Strategy(
+        "attn_last_half",
+        "Tune ATTN units of the last half of the blocks",
+        _manual(("ATTN",), "last"),
+    ),
+    Strategy(
+        "ffn_first_half",
+        "Tune FFN units of the first half of the blocks",
+        _manual(("FFN",), "first"),
+    ),
+    Strategy(
+        "ffn_last_half", "Tune FFN units of the last half of the blocks", _manual(("FFN",), "last")
+    ),
+    Strategy(
+        "blocks_first_half",
+        "Tune ATTN and FFN units of the first half of the blocks",
+        _manual(("ATTN", "FFN"), "first"),
+    ),
+    Strategy(
+        "blocks_last_half",
+        "Tune ATTN and FFN units of the last half of the blocks",
+        _manual(("ATTN", "FFN"), "last"),
+    ),
+    Strategy(
+        "angle_topk",
+        "FAPFT: tune the top-K units per group ranked by fine-tuned angle",
+        _angle_topk,
+        params=(_K, _ORDER, _ANGLES),
+    ),
     Strategy("custom", "Tune an explicit set of units", _custom, params=(_UNITS,)),
 ]
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in _ALL}
@@ -149,13 +175,17 @@ def validate_params(um: UnitMap, strategy: Strategy, params: Mapping[str, Any]) 
     extra = sorted(set(params) - known)
     if extra:
         accepted = ", ".join(sorted(known)) or "none"
-        raise PftError(f"strategy {strategy.name!r} takes no parameter {extra[0]!r}; accepted: {accepted}")
+        raise PftError(
+            f"strategy {strategy.name!r} takes no parameter {extra[0]!r}; accepted: {accepted}"
+        )
     out = {p.name: params.get(p.name, p.default) for p in strategy.params}
     if strategy.name == "angle_topk":
         smallest = min(len(us) for us in um.groups.values())
         k = out["k"]
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= smallest:
-            raise PftError(f"k must be an integer from 1 to {smallest} (units per group), got {k!r}")
+            raise PftError(
+                f"k must be an integer from 1 to {smallest} (units per group), got {k!r}"
+            )
         if out["order"] not in ORDERS:
             raise PftError(f"order must be one of {', '.join(ORDERS)}, got {out['order']!r}")
         angles = out["angles"]
@@ -202,9 +232,7 @@ def catalogue() -> list[dict]:
         {
             "name": s.name,
             "description": s.description,
-            "params": [
-                {k: v for k, v in vars(p).items() if v not in (None, ())} for p in s.params
-            ],
+            "params": [{k: v for k, v in vars(p).items() if v not in (None, ())} for p in s.params],
         }
         for s in _ALL
     ]

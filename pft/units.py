@@ -142,8 +142,8 @@ def build_unit_map(
         flat = None if staged else _FLAT_BLOCK.match(name)
         deep = _STAGED_BLOCK.match(name) if staged else None
         if flat or deep:
-            stage, local, rest = (0, int(flat[1]), flat[2]) if flat else (
-                int(deep[1]), int(deep[2]), deep[3]
+            stage, local, rest = (
+                (0, int(flat[1]), flat[2]) if flat else (int(deep[1]), int(deep[2]), deep[3])
             )
             kind = _unit_kind(rest)
             if kind is None:
@@ -176,7 +176,14 @@ def build_unit_map(
             group = f"S{stage}.{kind}" if staged else kind
             i = depth_index[key]
             units.append(
-                Unit(f"{kind}.{i}", kind, i, group, tuple(names), sum(_numel(shapes[n]) for n in names))
+                Unit(
+                    f"{kind}.{i}",
+                    kind,
+                    i,
+                    group,
+                    tuple(names),
+                    sum(_numel(shapes[n]) for n in names),
+                )
             )
     units.sort(key=lambda u: (u.block, UNIT_KINDS.index(u.kind)))
     return UnitMap(

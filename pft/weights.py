@@ -68,6 +68,15 @@ class Overlay(Mapping[str, torch.Tensor]):
         return len(set(self.delta) | set(self.base))
 
 
+def shape_of(weights: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
+    """A tensor's shape, without reading it where the mapping knows shapes."""
+    if isinstance(weights, SafetensorsWeights):
+        return weights.shape(name)
+    if isinstance(weights, Overlay):
+        return shape_of(weights.delta if name in weights.delta else weights.base, name)
+    return tuple(weights[name].shape)
+
+
 def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
     """safetensors metadata values are strings; structured ones are JSON."""
     out: dict[str, Any] = {}
@@ -84,22 +93,6 @@ def open_weights(path: Path) -> tuple[SafetensorsWeights, dict[str, Any]]:
     return weights, decode_metadata(weights.metadata)
 
 
-def base_state_for(meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The pre-trained state a delta checkpoint was tuned from (head shape included)."""
-    from pft.model_factory import create_model
-
-    try:
-        model = create_model(
-            str(meta["base_model"]),
-            int(meta["num_classes"]),
-            pretrained=bool(meta.get("pretrained", True)),
-            overrides=meta.get("model_overrides") or None,
-        )
-    except KeyError as exc:
-        raise PftError(f"checkpoint metadata lacks {exc.args[0]!r}: not a pft delta") from exc
-    return {k: v.detach() for k, v in model.state_dict().items()}
-
-
 def pretrained_weights_for(
     pretrained: str, finetuned: SafetensorsWeights, weights_file: Path | None = None
 ) -> Mapping[str, torch.Tensor]:
@@ -113,9 +106,12 @@ def pretrained_weights_for(
     for head in ("head.weight", "head.fc.weight"):
         if head in finetuned:
             num_classes = finetuned.shape(head)[0]
-    return base_state_for({
-        "base_model": pretrained,
-        "num_classes": num_classes,
-        "pretrained": meta.get("pretrained", True),
-        "model_overrides": meta.get("model_overrides"),
-    })
+    from pft.pretrained import build_pretrained
+
+    model = build_pretrained(
+        pretrained,
+        num_classes,
+        pretrained=meta.get("pretrained", True),
+        overrides=meta.get("model_overrides") or None,
+    )
+    return {k: v.detach() for k, v in model.state_dict().items()}

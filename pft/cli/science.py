@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -58,18 +57,23 @@ JSON = typer.Option(False, "--json", help="print the stable JSON contract")
 
 
 @app.command()
-def units(model: str, num_classes: int = NUM_CLASSES, override: list[str] = OVERRIDE,
-          as_json: bool = JSON) -> None:
+def units(
+    model: str, num_classes: int = NUM_CLASSES, override: list[str] = OVERRIDE, as_json: bool = JSON
+) -> None:
     """The unit map of MODEL: ATTN/FFN units, their groups and parameter counts."""
     um = _unit_map(model, num_classes, override)
     data = um.to_dict()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    typer.echo(f"{model}: {um.total_params:,} params, head {um.head_params:,}, "
-               f"{len(um.units)} units in groups {', '.join(um.groups)}")
-    _table([[u.name, u.group, u.block, f"{u.params:,}", len(u.tensors)] for u in um.units],
-           ["unit", "group", "block", "params", "tensors"])
+    typer.echo(
+        f"{model}: {um.total_params:,} params, head {um.head_params:,}, "
+        f"{len(um.units)} units in groups {', '.join(um.groups)}"
+    )
+    _table(
+        [[u.name, u.group, u.block, f"{u.params:,}", len(u.tensors)] for u in um.units],
+        ["unit", "group", "block", "params", "tensors"],
+    )
 
 
 @app.command()
@@ -77,7 +81,7 @@ def strategies(
     model: str,
     num_classes: int = NUM_CLASSES,
     override: list[str] = OVERRIDE,
-    k: int = typer.Option(None, help="K per group for angle_topk (default: half the smallest group)"),
+    k: int = typer.Option(None, help="angle_topk K per group (default: half the smallest group)"),
     units: list[str] = typer.Option(None, "--unit", help="units for `custom` (repeatable)"),
     as_json: bool = JSON,
 ) -> None:
@@ -105,12 +109,23 @@ def strategies(
         except PftError as exc:
             fail(str(exc))
     if as_json:
-        typer.echo(json.dumps({"model": model, "num_classes": num_classes, "strategies": rows},
-                              indent=2))
+        typer.echo(
+            json.dumps({"model": model, "num_classes": num_classes, "strategies": rows}, indent=2)
+        )
         return
-    _table([[r["name"], f"{r['tuned_params']:,}", f"{100 * r['tuned_fraction']:.2f}%",
-             len(r["units"]), r["description"]] for r in rows],
-           ["strategy", "tuned params", "of model", "units", "description"])
+    _table(
+        [
+            [
+                r["name"],
+                f"{r['tuned_params']:,}",
+                f"{100 * r['tuned_fraction']:.2f}%",
+                len(r["units"]),
+                r["description"],
+            ]
+            for r in rows
+        ],
+        ["strategy", "tuned params", "of model", "units", "description"],
+    )
 
 
 @app.command()
@@ -118,23 +133,29 @@ def angles(
     pretrained: str = typer.Argument(..., help="safetensors file, or a model name"),
     finetuned: Path = typer.Argument(..., help="safetensors state dict or pft delta checkpoint"),
     pretrained_weights: Path = typer.Option(
-        None, help="with a model name: load these safetensors weights instead of the hub's"),
+        None, help="with a model name: load these safetensors weights instead of the hub's"
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Fine-tuned angle of every unit (and tensor) between two checkpoints."""
     from pft.angles import compute_angles
-    from pft.weights import open_weights, pretrained_weights_for
     from pft.units import build_unit_map
+    from pft.weights import open_weights, pretrained_weights_for, shape_of
 
     try:
         ft, meta = open_weights(finetuned)
         pre = pretrained_weights_for(pretrained, ft, pretrained_weights)
-        shapes = [(n, ft.shape(n)) for n in ft]
+        if str(meta.get("format", "")).startswith("pft-delta"):
+            ft = ft.over(pre)  # a delta holds only the tuned tensors
+        # Names from both sides, so a tensor missing on either side is reported by name.
+        names = list(ft) + [n for n in pre if n not in ft]
+        shapes = [(n, shape_of(ft if n in ft else pre, n)) for n in names]
         head = [s for n, s in shapes if n in ("head.weight", "head.fc.weight")]
-        um = build_unit_map(shapes, model=str(meta.get("base_model", pretrained)),
-                            num_classes=head[0][0] if head else 0)
-        if meta.get("format", "").startswith("pft-delta"):
-            ft = ft.over(pre)
+        um = build_unit_map(
+            shapes,
+            model=str(meta.get("base_model", pretrained)),
+            num_classes=head[0][0] if head else 0,
+        )
         report = compute_angles(pre, ft, um)
     except PftError as exc:
         fail(str(exc))
@@ -142,30 +163,28 @@ def angles(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    _table([[u["name"], f"{u['angle_deg']:.4f}", f"{u['rel_change']:.3e}"] for u in data["units"]],
-           ["unit", "angle (deg)", "rel change"])
-
-
-class SoupMethod(str, Enum):
-    uniform = "uniform"
-    masked = "masked"
+    _table(
+        [[u["name"], f"{u['angle_deg']:.4f}", f"{u['rel_change']:.3e}"] for u in data["units"]],
+        ["unit", "angle (deg)", "rel change"],
+    )
 
 
 def build_soup_file(method: str, checkpoints: list[Path], out: Path) -> dict:
     """Averages delta checkpoints into a new delta checkpoint at ``out``; returns its metadata."""
-    from pft.checkpoint import load_delta, save_delta
-    from pft.soups import check_compatible, masked_soup, uniform_soup
-    from pft.weights import base_state_for
+    from pft.checkpoint import base_from_meta, load_delta, same_base, save_delta
+    from pft.soups import masked_soup, uniform_soup
 
     if len(checkpoints) < 2:
         raise PftError("a soup needs at least two checkpoints")
-    metas = [load_delta(p, meta_only=True)[1] for p in checkpoints]
-    check_compatible(metas, [str(p) for p in checkpoints])
-    base = base_state_for(metas[0])
+    metas = [load_delta(p)[1] for p in checkpoints]
+    same_base(metas)
+    base = {k: v.detach() for k, v in base_from_meta(metas[0]).state_dict().items()}
     deltas = (load_delta(p)[0] for p in checkpoints)  # streamed: one ingredient at a time
     soup = uniform_soup(deltas, base) if method == "uniform" else masked_soup(deltas, base)
-    meta = {k: metas[0][k] for k in metas[0] if k not in ("strategy", "strategy_params", "hparams")}
-    meta |= {"strategy": f"soup:{method}", "ingredients": [str(p) for p in checkpoints]}
+    meta = dict(metas[0]) | {
+        "strategy": f"soup:{method}",
+        "strategy_params": {"ingredients": [str(p) for p in checkpoints]},
+    }
     save_delta(out, soup, meta)
     return meta
 
