@@ -50,7 +50,9 @@ def test_exact_rotation_recovered(um, theta):
     assert report.units["FFN.2"] == pytest.approx(theta, abs=1e-6)
     others = {k: v for k, v in report.units.items() if k != "FFN.2"}
     assert all(v == 0.0 for v in others.values())
-    assert report.rel_change["FFN.2"] == pytest.approx(2 * math.sin(math.radians(theta) / 2), rel=1e-9)
+    assert report.rel_change["FFN.2"] == pytest.approx(
+        2 * math.sin(math.radians(theta) / 2), rel=1e-9
+    )
 
 
 def test_arccos_would_fail_where_we_do_not(um):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pft.errors import PftError
-from pft.soups import check_compatible, greedy_soup, masked_soup, uniform_soup
+from pft.soups import greedy_soup, masked_soup, uniform_soup
 
 
 def state(seed, names=("a", "b", "c"), shape=(4, 3)):
@@ -26,7 +26,10 @@ def test_uniform_soup_is_the_mean(n, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 1000), masks=st.lists(st.sets(st.sampled_from("abc")), min_size=1, max_size=5))
+@given(
+    seed=st.integers(0, 1000),
+    masks=st.lists(st.sets(st.sampled_from("abc")), min_size=1, max_size=5),
+)
 def test_deltas_uniform_and_masked_against_full_models(seed, masks):
     base = state(seed)
     deltas = [{k: v for k, v in state(seed + 1 + i).items() if k in m} for i, m in enumerate(masks)]
@@ -84,17 +87,10 @@ def test_greedy_rejects_ties():
 
 def test_greedy_adds_when_it_helps():
     ingredients = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}]
-    res = greedy_soup(ingredients, lambda s: -abs(float(s["w"]) - 1.0), individual_scores=[-1.0, -1.0])
+    res = greedy_soup(
+        ingredients, lambda s: -abs(float(s["w"]) - 1.0), individual_scores=[-1.0, -1.0]
+    )
     assert res.selected == [0, 1] and res.score == 0.0
-
-
-def test_incompatible_ingredients():
-    a = {"base_model": "pft/vit-micro", "model_overrides": {}, "pretrained": False, "num_classes": 3}
-    check_compatible([a, dict(a)])
-    with pytest.raises(PftError, match="num_classes=5"):
-        check_compatible([a, dict(a, num_classes=5)], ["x.safetensors", "y.safetensors"])
-    with pytest.raises(PftError, match="base_model='vit_base"):
-        check_compatible([a, dict(a, base_model="vit_base_patch16_224")])
 
 
 def test_shape_mismatch_named():

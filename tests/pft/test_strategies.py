@@ -20,7 +20,11 @@ MODELS = [
 def params_for(name, um, k=1, seed=0):
     rng = random.Random(seed)
     if name == "angle_topk":
-        return {"k": k, "order": "largest", "angles": {u: rng.uniform(0, 10) for u in um.unit_names}}
+        return {
+            "k": k,
+            "order": "largest",
+            "angles": {u: rng.uniform(0, 10) for u in um.unit_names},
+        }
     if name == "custom":
         return {"units": [um.unit_names[0], um.unit_names[-1]]}
     return {}
@@ -49,10 +53,16 @@ def test_contract(model, strategy):
 
 def test_paper_counts_vit_base():
     um = unit_map_for("vit_base_patch16_224.augreg_in21k", 100)
-    counts = {s: resolve_strategy(um, s, **params_for(s, um, k=7)).tuned_params
-              for s in ["full", "linear_probe", "attn_only", "ffn_only"]}
-    assert counts == {"full": 85_875_556, "linear_probe": 76_900, "attn_only": 28_443_748,
-                      "ffn_only": 56_764_516}
+    counts = {
+        s: resolve_strategy(um, s, **params_for(s, um, k=7)).tuned_params
+        for s in ["full", "linear_probe", "attn_only", "ffn_only"]
+    }
+    assert counts == {
+        "full": 85_875_556,
+        "linear_probe": 76_900,
+        "attn_only": 28_443_748,
+        "ffn_only": 56_764_516,
+    }
     for seed in range(5):  # "for any angles"
         sel = resolve_strategy(um, "angle_topk", **params_for("angle_topk", um, k=7, seed=seed))
         assert sel.tuned_params == 49_692_004
@@ -84,11 +94,21 @@ def test_odd_depth_halves_floor_ceil():
 @pytest.mark.parametrize("order", ["largest", "smallest"])
 def test_angle_topk_ranks_per_group(order):
     um = unit_map_for("pft/vit-micro", 3)
-    angles = {"ATTN.0": 1, "ATTN.1": 4, "ATTN.2": 2, "ATTN.3": 3,
-              "FFN.0": 9, "FFN.1": 5, "FFN.2": 7, "FFN.3": 6}
+    angles = {
+        "ATTN.0": 1,
+        "ATTN.1": 4,
+        "ATTN.2": 2,
+        "ATTN.3": 3,
+        "FFN.0": 9,
+        "FFN.1": 5,
+        "FFN.2": 7,
+        "FFN.3": 6,
+    }
     sel = resolve_strategy(um, "angle_topk", k=2, order=order, angles=angles)
-    expected = {"largest": {"ATTN.1", "ATTN.3", "FFN.0", "FFN.2"},
-                "smallest": {"ATTN.0", "ATTN.2", "FFN.1", "FFN.3"}}[order]
+    expected = {
+        "largest": {"ATTN.1", "ATTN.3", "FFN.0", "FFN.2"},
+        "smallest": {"ATTN.0", "ATTN.2", "FFN.1", "FFN.3"},
+    }[order]
     assert set(sel.units) == expected
 
 

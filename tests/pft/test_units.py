@@ -37,7 +37,10 @@ def test_unit_contents(arch):
     name, table = arch
     um = build_unit_map(named_shapes_from_table(table, 10), model=name, num_classes=10)
     for unit in um.units:
-        parts = {"ATTN": ("norm1", "attn", "gamma_1", "ls1"), "FFN": ("norm2", "mlp", "gamma_2", "ls2")}
+        parts = {
+            "ATTN": ("norm1", "attn", "gamma_1", "ls1"),
+            "FFN": ("norm2", "mlp", "gamma_2", "ls2"),
+        }
         for tensor in unit.tensors:
             assert any(f".{p}" in tensor for p in parts[unit.kind]), tensor
     # Units of one group share a shape: that is what makes them comparable.
@@ -48,7 +51,8 @@ def test_unit_contents(arch):
 def test_swin_blocks_numbered_in_depth_order():
     um = build_unit_map(
         named_shapes_from_table(compute_shape_table(get_spec("swin_tiny_patch4_window7_224")), 5),
-        model="swin", num_classes=5,
+        model="swin",
+        num_classes=5,
     )
     # Swin-T has 2, 2, 6, 2 blocks per stage.
     assert [len(um.groups[f"S{s}.ATTN"]) for s in range(4)] == [2, 2, 6, 2]
@@ -74,7 +78,9 @@ def test_paper_bookkeeping_vit_base():
 def test_shipped_shape_tables_match_timm(name):
     spec = get_spec(name)
     shipped = shape_table(spec)
-    assert shipped is not None, f"no shipped table for {name}: run python -m pft.model_factory --write-shipped"
+    assert shipped is not None, (
+        f"no shipped table for {name}: run python -m pft.model_factory --write-shipped"
+    )
     fresh = compute_shape_table(spec)
     assert [tuple(x) for x in map(tuple, shipped["body"])] == [tuple(x) for x in fresh["body"]]
     assert shipped["head"] == [list(x) for x in fresh["head"]]
