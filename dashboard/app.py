@@ -1,0 +1,48 @@
+"""pft-lab dashboard: the router (``streamlit run dashboard/app.py``).
+
+Pages live in ``dashboard/app_pages/`` and only render; data comes from the backend over HTTP
+(``dashboard.client``), figures from ``dashboard.charts``. The default page is served at ``/``,
+the others at ``/jobs``, ``/results``, ``/angles`` and ``/soups``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data
+from dashboard.client import ApiError
+from dashboard.config import get_settings
+from dashboard.ui import init_state
+
+st.set_page_config(page_title="pft-lab", page_icon=":material/science:", layout="wide")
+init_state()
+
+pages = [
+    st.Page(
+        "app_pages/new_experiment.py",
+        title="New experiment",
+        icon=":material/science:",
+        default=True,
+    ),
+    st.Page("app_pages/jobs.py", title="Jobs", icon=":material/list:", url_path="jobs"),
+    st.Page(
+        "app_pages/results.py", title="Results", icon=":material/insights:", url_path="results"
+    ),
+    st.Page("app_pages/angles.py", title="Angles", icon=":material/grid_on:", url_path="angles"),
+    st.Page("app_pages/soups.py", title="Soups", icon=":material/blender:", url_path="soups"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.caption(f"API: {get_settings().api_url}")
+    try:
+        health = data.health()
+        if health.get("status") == "ok":
+            st.caption(":green[●] backend healthy")
+        else:
+            parts = [k for k in ("database", "broker") if health.get(k) is False]
+            st.caption(f":orange[●] backend {health.get('status')}: {', '.join(parts)} down")
+    except ApiError as exc:
+        st.caption(f":red[●] {exc.message}")
+
+page.run()

@@ -1,0 +1,178 @@
+"""Jobs: a paginated table with live progress, and one job's details (config, curves, errors)
+with cancel and retry."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from dashboard import charts, data
+from dashboard.client import get_client
+from dashboard.config import get_settings
+from dashboard.shaping import metrics_table
+from dashboard.ui import backend_errors, flash, init_state, job_label, show_flash, table
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+KINDS = ("finetune", "soup", "pretrain")
+ACTIVE = ("queued", "running")
+
+init_state()
+settings = get_settings()
+st.title("Jobs")
+show_flash()
+
+with backend_errors("loading experiments"):
+    experiments = data.experiments()
+exp_names = {e["id"]: f"#{e['id']} {e.get('name', '')}" for e in experiments}
+
+f1, f2, f3 = st.columns(3)
+status = f1.selectbox("Status", ["any", *STATUSES], key="jobs-status")
+kind = f2.selectbox("Kind", ["any", *KINDS], key="jobs-kind")
+experiment_id = f3.selectbox(
+    "Experiment",
+    [None, *exp_names],
+    key="jobs-experiment",
+    format_func=lambda i: "any" if i is None else exp_names[i],
+)
+filters = {
+    "status": None if status == "any" else status,
+    "kind": None if kind == "any" else kind,
+    "experiment_id": experiment_id,
+}
+
+
+def _row(job: dict) -> dict:
+    info = job.get("progress_info") or {}
+    return {
+        "id": job["id"],
+        "kind": job.get("kind"),
+        "strategy": job.get("strategy") or (job.get("config") or {}).get("method"),
+        "seed": job.get("seed"),
+        "model": job.get("model"),
+        "dataset": job.get("dataset"),
+        "status": job.get("status"),
+        "progress": float(job.get("progress") or 0.0),
+        "epoch": info.get("epoch"),
+        "images/s": info.get("images_per_sec"),
+        "device": info.get("device") or (job.get("result") or {}).get("device"),
+        "worker": job.get("worker"),
+        "attempts": job.get("attempts"),
+    }
+
+
+def _page_of_jobs(page: int) -> dict:
+    with backend_errors("loading jobs"):
+        return data.jobs_page(
+            limit=settings.dashboard_page_size,
+            offset=(page - 1) * settings.dashboard_page_size,
+            **filters,
+        )
+
+
+def job_table(page: int, pages: int, polling: bool) -> list[dict]:
+    """One page of jobs; reruns on its own while jobs on it are queued or running."""
+    body = _page_of_jobs(page)  # the same cached read that decided `polling`
+    jobs = body.get("items", [])
+    if not jobs:
+        st.info(
+            "No jobs match. Launch an experiment on the **New experiment** page, or a soup "
+            "on the **Soups** page."
+        )
+        return []
+    active = sum(j.get("status") in ACTIVE for j in jobs)
+    if polling and not active:
+        st.rerun()  # the last job finished: redraw the page once, which stops the polling
+    st.caption(
+        f"{body.get('total', len(jobs))} job(s) · page {page} of {pages} · {active} active "
+        "on this page"
+        + (f" · refreshing every {settings.dashboard_refresh_s:g}s" if active else "")
+    )
+    table(
+        [_row(j) for j in jobs],
+        key="jobs-table",
+        column_config={
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0.0, max_value=1.0, format="percent"
+            ),
+            "images/s": st.column_config.NumberColumn("images/s", format="%.0f"),
+        },
+    )
+    return jobs
+
+
+total = int(_page_of_jobs(1).get("total", 0))
+pages = max(1, math.ceil(total / settings.dashboard_page_size))
+page = 1
+if pages > 1:
+    page = int(st.number_input("Page", min_value=1, max_value=pages, value=1, key="jobs-page"))
+polling = any(j.get("status") in ACTIVE for j in _page_of_jobs(page).get("items", []))
+jobs = st.fragment(run_every=settings.dashboard_refresh_s if polling else None)(job_table)(
+    page, pages, polling
+)
+if not jobs:
+    st.stop()
+
+st.divider()
+st.subheader("Job details")
+selected = st.selectbox(
+    "Job",
+    [j["id"] for j in jobs],
+    key="job-select",
+    format_func=lambda i: job_label(next(j for j in jobs if j["id"] == i)),
+)
+
+
+def job_detail(job_id: int, polling: bool) -> None:
+    """One job, refreshed live while it runs."""
+    with backend_errors(f"loading job {job_id}"):
+        job = data.job(job_id)
+        metrics = metrics_table(data.metrics(job_id)) if job.get("kind") != "soup" else []
+    status = job.get("status")
+    if polling and status not in ACTIVE:
+        st.rerun()  # finished while we watched: redraw the page (buttons, curves) once
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+    c1.progress(
+        float(job.get("progress") or 0.0),
+        text=f"{status} · {100 * float(job.get('progress') or 0):.0f}%",
+    )
+    info = job.get("progress_info") or {}
+    c2.metric("images/s", f"{info['images_per_sec']:.0f}" if info.get("images_per_sec") else "—")
+    if c3.button(
+        "Cancel",
+        key="cancel-job",
+        disabled=status not in ACTIVE or bool(job.get("cancel_requested")),
+    ):
+        with backend_errors(f"cancelling job {job_id}"):
+            get_client().cancel(job_id)
+        data.clear()
+        flash(f"Cancellation of job {job_id} requested.")
+        st.rerun()
+    if c4.button("Retry", key="retry-job", disabled=status not in ("failed", "cancelled")):
+        with backend_errors(f"retrying job {job_id}"):
+            get_client().retry(job_id)
+        data.clear()
+        flash(f"Job {job_id} queued again.")
+        st.rerun()
+    if job.get("error"):
+        st.error(f"Job {job_id} failed: {job['error']}")
+    if metrics:
+        st.plotly_chart(
+            charts.training_curves(metrics, title=f"Job {job_id}"),
+            key="job-curves",
+            width="stretch",
+        )
+    elif job.get("kind") != "soup":
+        st.caption("No epoch finished yet: curves appear after the first epoch.")
+    with st.expander("Config", expanded=False):
+        st.json(job.get("config") or {})
+    if job.get("result"):
+        with st.expander("Result summary"):
+            st.json(job["result"])
+
+
+with backend_errors(f"loading job {selected}"):
+    detail_polling = data.job(selected).get("status") in ACTIVE  # job_detail's cached read
+st.fragment(run_every=settings.dashboard_refresh_s if detail_polling else None)(job_detail)(
+    selected, detail_polling
+)
