@@ -1,0 +1,1 @@
+"""The HTTP layer: dependencies, error handlers and routes (``/api/v1``)."""

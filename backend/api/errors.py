@@ -1,0 +1,109 @@
+"""Error responses: every failure is JSON with a ``detail``, never a stack trace.
+
+* 422: schema errors and `backend.submit.InvalidRequest`, as ``{"detail": [{"loc", "msg",
+  "type"}]}`` where ``msg`` names the accepted values;
+* 409: a job-state conflict (`crud.JobStateError`);
+* 413: a request body over ``PFT_MAX_BODY_BYTES`` (`BodySizeLimit`);
+* 500: anything unexpected, logged with its traceback and an ``error_id`` to find it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.crud import JobStateError
+from backend.submit import InvalidRequest
+from pft.errors import PftError
+
+log = logging.getLogger("backend.api")
+
+
+def _clean(error: dict) -> dict:
+    msg = str(error.get("msg", ""))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return {"loc": list(error.get("loc", ())), "msg": msg, "type": error.get("type", "value_error")}
+
+
+async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [_clean(e) for e in exc.errors()]
+    return JSONResponse(status_code=422, content=jsonable_encoder({"detail": detail}))
+
+
+async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+    detail = [{"loc": list(exc.loc), "msg": exc.message, "type": "value_error"}]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+async def _pft_error(_: Request, exc: PftError) -> JSONResponse:
+    return JSONResponse(
+        status_code=422,
+        content={"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
+    )
+
+
+async def _conflict(_: Request, exc: JobStateError) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:12]
+    log.error(
+        "unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
+    )
+    return JSONResponse(
+        status_code=500,
+        content={
+            "detail": "internal server error; the server log has the details",
+            "error_id": error_id,
+        },
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(InvalidRequest, _invalid)
+    app.add_exception_handler(PftError, _pft_error)
+    app.add_exception_handler(JobStateError, _conflict)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes``, declared (Content-Length) or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _message(self) -> str:
+        return f"request body too large; the limit is {self.max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = JSONResponse({"detail": self._message()}, status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI passes HTTPExceptions raised while reading the body through.
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)

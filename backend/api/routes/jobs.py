@@ -1,0 +1,136 @@
+"""``/jobs``: submit, list, inspect, cancel and retry jobs; their metrics, angles and artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Query, status
+
+from backend import crud
+from backend.api.deps import IdPath, SessionDep, SettingsDep
+from backend.db.models import FINAL_EPOCH, JOB_KINDS, JOB_STATUSES, Job
+from backend.enqueue import enqueue_job, enqueue_jobs
+from backend.schemas import (
+    AngleSet,
+    AnglesPublic,
+    ArtifactPublic,
+    EpochAngles,
+    FinetuneCreate,
+    JobCreate,
+    JobPublic,
+    JobsPage,
+    MetricPublic,
+    PretrainCreate,
+)
+from backend.submit import submit_finetune, submit_pretrain, submit_soup
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_NOT_FOUND = {404: {"description": "no such job"}}
+
+
+def get_job_or_404(session: SessionDep, job_id: int) -> Job:
+    job = crud.get_job(session, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    return job
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def create_job(
+    request: Annotated[JobCreate, Body()],
+    session: SessionDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> Job:
+    """Submits one job: ``finetune`` (the default kind; strategy ``full`` by default),
+    ``pretrain`` or ``soup``. The job is queued in the database when this answers, and sent to
+    the broker right after."""
+    if isinstance(request, FinetuneCreate):
+        job = submit_finetune(session, request)
+    elif isinstance(request, PretrainCreate):
+        job = submit_pretrain(session, request)
+    else:
+        job = submit_soup(session, request)
+    background.add_task(enqueue_jobs, [job.id], settings=settings)
+    return job
+
+
+@router.get("", response_model=JobsPage)
+def list_jobs(
+    session: SessionDep,
+    experiment_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    status_: Annotated[Literal[JOB_STATUSES] | None, Query(alias="status")] = None,
+    kind: Annotated[Literal[JOB_KINDS] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> JobsPage:
+    """Jobs, newest first, filtered by experiment, status and kind."""
+    jobs, total = crud.list_jobs(
+        session, experiment_id=experiment_id, status=status_, kind=kind, limit=limit, offset=offset
+    )
+    return JobsPage(
+        items=[JobPublic.model_validate(j) for j in jobs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
+def read_job(job_id: IdPath, session: SessionDep) -> Job:
+    return get_job_or_404(session, job_id)
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricPublic], responses=_NOT_FOUND)
+def read_metrics(job_id: IdPath, session: SessionDep) -> list:
+    """Per-epoch metrics (train loss, held-out and test accuracy, images/s)."""
+    get_job_or_404(session, job_id)
+    return crud.get_metrics(session, job_id=job_id)
+
+
+@router.get("/{job_id}/angles", response_model=AnglesPublic, responses=_NOT_FOUND)
+def read_angles(job_id: IdPath, session: SessionDep) -> AnglesPublic:
+    """Fine-tuned angles in degrees per unit and per tensor: final and per epoch."""
+    get_job_or_404(session, job_id)
+    sets: dict[int, AngleSet] = {}
+    for a in crud.get_angles(session, job_id=job_id):
+        target = sets.setdefault(a.epoch, AngleSet(units={}, tensors={}))
+        (target.units if a.scope == "unit" else target.tensors)[a.name] = a.angle_deg
+    final = sets.pop(FINAL_EPOCH, None)
+    epochs = [
+        EpochAngles(epoch=e, units=s.units, tensors=s.tensors) for e, s in sorted(sets.items())
+    ]
+    return AnglesPublic(job_id=job_id, final=final, epochs=epochs)
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactPublic], responses=_NOT_FOUND)
+def read_artifacts(job_id: IdPath, session: SessionDep) -> list:
+    """Files the job produced (checkpoint delta, ...), with size and sha256."""
+    get_job_or_404(session, job_id)
+    return crud.get_artifacts(session, job_id=job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={**_NOT_FOUND, 409: {"description": "the job has already finished"}},
+)
+def cancel_job(job_id: IdPath, session: SessionDep) -> Job:
+    """Cancels a queued job at once; a running job stops at its worker's next check."""
+    get_job_or_404(session, job_id)
+    crud.request_cancel(session, job_id=job_id)
+    job = get_job_or_404(session, job_id)
+    session.refresh(job)
+    return job
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobPublic,
+    responses={**_NOT_FOUND, 409: {"description": "the job is not failed or cancelled"}},
+)
+def retry_job(job_id: IdPath, session: SessionDep, settings: SettingsDep) -> Job:
+    """Queues a failed or cancelled job again."""
+    get_job_or_404(session, job_id)
+    job = crud.reset_for_retry(session, job_id=job_id)
+    if enqueue_job(job.id, settings=settings):
+        crud.mark_enqueued(session, job_ids=[job.id])
+    return job

@@ -1,0 +1,57 @@
+"""``/soups``: average succeeded fine-tuning jobs of one base model into a soup.
+
+A soup is identified by its job's id: ``POST /soups`` answers the soup job, ``GET /soups/{id}``
+takes that id.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, BackgroundTasks, HTTPException
+
+from backend import crud
+from backend.api.deps import IdPath, SessionDep, SettingsDep
+from backend.db.models import Job
+from backend.enqueue import enqueue_jobs
+from backend.schemas import SoupCreate, SoupPublic
+from backend.submit import submit_soup
+
+router = APIRouter(prefix="/soups", tags=["soups"])
+
+
+def _public(job: Job) -> SoupPublic:
+    soup = job.soup
+    return SoupPublic(
+        id=job.id,
+        job_id=job.id,
+        status=job.status,
+        method=soup.method,
+        ingredients=soup.ingredients,
+        shifts=soup.shifts,
+        trace=soup.trace,
+        score_in=soup.score_in,
+        scores_out=soup.scores_out,
+        error=job.error,
+    )
+
+
+@router.post("", status_code=201, response_model=SoupPublic)
+def create_soup(
+    request: SoupCreate, session: SessionDep, settings: SettingsDep, background: BackgroundTasks
+) -> SoupPublic:
+    """A soup job over ``ingredients`` (succeeded fine-tuning jobs of one model and dataset),
+    ``uniform``, ``greedy`` (Wortsman et al. 2022) or ``masked``, evaluated on ``shifts``."""
+    job = submit_soup(session, request)
+    background.add_task(enqueue_jobs, [job.id], settings=settings)
+    session.refresh(job)
+    return _public(job)
+
+
+@router.get(
+    "/{soup_id}", response_model=SoupPublic, responses={404: {"description": "no such soup"}}
+)
+def read_soup(soup_id: IdPath, session: SessionDep) -> SoupPublic:
+    """The recipe, the greedy trace and the scores in and out of distribution."""
+    job = crud.get_job(session, job_id=soup_id)
+    if job is None or job.soup is None:
+        raise HTTPException(404, f"no soup {soup_id} (soups are identified by their job id)")
+    return _public(job)

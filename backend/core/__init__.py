@@ -1,0 +1,1 @@
+"""Backend configuration and security helpers."""

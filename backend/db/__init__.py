@@ -1,0 +1,1 @@
+"""Persistence: the schema (``models``), engines and sessions (``session``), Alembic migrations."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the lab database (run by `backend.db.session.migrate`)."""

@@ -1,0 +1,1 @@
+"""Tests of the backend: persistence, API, auth, job lifecycle."""

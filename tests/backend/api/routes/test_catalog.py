@@ -1,0 +1,116 @@
+"""Catalogue routes, the unit-map preview and auth."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend import crud
+from backend.db.session import get_engine, make_sessionmaker
+from pft.model_catalog import TEST_MODEL, get_spec, shape_key, shape_table
+from pft.strategies import STRATEGIES
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    r = client.get("/api/v1/health", headers={"Authorization": ""})
+    assert r.status_code == 200
+    assert r.json()["database"] is True and r.json()["broker"] is True
+    assert r.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/catalog/models",
+        "/catalog/datasets",
+        "/catalog/strategies",
+        "/jobs",
+        "/jobs/1",
+        "/experiments",
+        "/soups/1",
+        f"/models/{TEST_MODEL}/units",
+    ],
+)
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dGVzdA=="])
+def test_every_route_but_health_needs_the_token(client: TestClient, path: str, auth) -> None:
+    headers = {"Authorization": auth} if auth else {}
+    client.headers.pop("Authorization")
+    r = client.get(f"/api/v1{path}", headers=headers)
+    assert r.status_code == 401
+    assert "token" in r.json()["detail"]
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_catalogues(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/api/v1/catalog/models").json()}
+    assert models[TEST_MODEL]["unit_preview"] is True
+    datasets = client.get("/api/v1/catalog/datasets").json()
+    assert "synthetic" in {d["name"] for d in datasets["datasets"]}
+    assert "gaussian_noise" in {s["name"] for s in datasets["shifts"]}
+    strategies = {s["name"]: s for s in client.get("/api/v1/catalog/strategies").json()}
+    assert set(strategies) == set(STRATEGIES)
+    topk = [p["name"] for p in strategies["angle_topk"]["params"]]
+    assert topk == ["k", "order", "reference_job"]
+
+
+def test_unit_preview_for_a_model_with_a_slash(client: TestClient) -> None:
+    r = client.get(f"/api/v1/models/{TEST_MODEL}/units", params={"num_classes": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["unit_map"]["depth"] == 4 and body["unit_map"]["num_classes"] == 4
+    counts = {s["name"]: s["tuned_params"] for s in body["strategies"]}
+    total = body["unit_map"]["total_params"]
+    assert counts["full"] == total
+    assert counts["linear_probe"] == body["unit_map"]["head_params"]
+    assert counts["linear_probe"] < counts["attn_only"] < counts["full"]
+    assert body["angle_topk"]["max_k"] == 4
+    by_k = body["angle_topk"]["tuned_params_by_k"]
+    assert by_k["4"] == counts["attn_only"] + counts["ffn_only"] - counts["linear_probe"]
+
+
+def test_unit_preview_unknown_model_and_missing_table(client: TestClient, settings) -> None:
+    r = client.get("/api/v1/models/no-such-model/units")
+    assert r.status_code == 404 and "unknown model" in r.json()["detail"]
+    # A real timm architecture whose table is neither shipped nor cached yet.
+    r = client.get("/api/v1/models/vit_giant_patch14_224/units")
+    assert r.status_code == 404
+    assert "no unit map" in r.json()["detail"] and "pft units" in r.json()["detail"]
+
+
+def test_unit_preview_from_a_table_a_worker_stored(client: TestClient, settings) -> None:
+    """Scale-out: the worker computed the table on another host and stored it in the database."""
+    name = "vit_huge_patch14_224"  # never used by the 404 test (the API caches found maps)
+    micro = shape_table(get_spec(TEST_MODEL))
+    with make_sessionmaker(get_engine(settings.db_url))() as s:
+        crud.store_shape_table(s, key=shape_key(get_spec(name)), model=name, table=micro)
+    r = client.get(f"/api/v1/models/{name}/units", params={"num_classes": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["unit_map"]["depth"] == 4
+
+
+def test_unit_preview_validates_num_classes(client: TestClient) -> None:
+    r = client.get(f"/api/v1/models/{TEST_MODEL}/units", params={"num_classes": 0})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "num_classes"]
+
+
+def test_health_reports_a_dead_broker(settings) -> None:
+    import socket
+
+    from backend.main import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"})
+    with TestClient(create_app(dead)) as c:
+        body = c.get("/api/v1/health").json()
+    assert body == {**body, "status": "degraded", "database": True, "broker": False}
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/experiments", "/soups", "/jobs/1/cancel"])
+def test_posts_need_the_token_and_write_nothing(client: TestClient, path: str) -> None:
+    body = {"model": TEST_MODEL, "dataset": "synthetic", "strategies": [{"name": "full"}]}
+    r = client.post(f"/api/v1{path}", json=body, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    assert client.get("/api/v1/jobs").json()["total"] == 0

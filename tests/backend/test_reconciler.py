@@ -1,0 +1,86 @@
+"""The reconciler against a real database and the real Redis broker."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from sqlalchemy.orm import Session
+
+from backend import crud
+from backend.core.config import Settings
+from backend.db.session import get_engine, make_sessionmaker
+from backend.enqueue import broker_job_ids, enqueue_job
+from backend.reconciler import Reconciler, reconcile
+from tests.utils.factories import queued_finetune
+
+from .conftest import REDIS_URL
+
+
+def _settings(settings: Settings, **kw) -> Settings:
+    return settings.model_copy(update=kw)
+
+
+def test_queued_jobs_unknown_to_the_broker_are_enqueued_once(
+    session: Session, settings: Settings
+) -> None:
+    lost = queued_finetune(session)
+    held = queued_finetune(session)
+    assert enqueue_job(held.id, settings=settings)
+    report = reconcile(session, settings=settings)
+    assert report.enqueued == [lost.id]
+    assert broker_job_ids(settings=settings) == {lost.id, held.id}
+    assert reconcile(session, settings=settings).enqueued == []
+    assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 2
+
+
+def test_recently_enqueued_jobs_get_a_grace_period(session: Session, settings: Settings) -> None:
+    job = queued_finetune(session)
+    crud.mark_enqueued(session, job_ids=[job.id])  # sent, but the message is "in flight"
+    assert reconcile(session, settings=_settings(settings, enqueue_grace_s=60)).enqueued == []
+    assert reconcile(session, settings=settings).enqueued == [job.id]
+
+
+def test_stale_running_jobs_are_requeued_then_failed(session: Session, settings: Settings) -> None:
+    job = queued_finetune(session)
+    quick = _settings(settings, heartbeat_stale_s=0.3, max_attempts=2)
+    for attempt in (1, 2):
+        assert crud.claim_job(session, job_id=job.id, worker=f"w{attempt}") is not None
+        time.sleep(0.5)
+        report = reconcile(session, settings=quick)
+        session.refresh(job)
+        if attempt == 1:
+            assert report.requeued == [job.id] and report.enqueued == [job.id]
+            assert job.status == "queued"
+        else:
+            assert report.failed == [job.id]
+            assert job.status == "failed" and "2 attempts" in job.error
+    assert broker_job_ids(settings=settings) == {job.id}
+
+
+def test_running_jobs_with_fresh_heartbeats_are_left_alone(
+    session: Session, settings: Settings
+) -> None:
+    job = queued_finetune(session)
+    crud.claim_job(session, job_id=job.id, worker="w")
+    report = reconcile(session, settings=settings)
+    assert report.requeued == report.failed == report.enqueued == []
+
+
+def test_background_thread_reconciles_periodically(session: Session, settings: Settings) -> None:
+    job = queued_finetune(session)
+    thread = Reconciler(
+        make_sessionmaker(get_engine(settings.db_url)),
+        _settings(settings, reconcile_interval_s=0.1),
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and job.id not in (
+            broker_job_ids(settings=settings) or ()
+        ):
+            time.sleep(0.05)
+    finally:
+        thread.stop()
+    assert broker_job_ids(settings=settings) == {job.id}
+    assert not thread.is_alive()
