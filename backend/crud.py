@@ -387,9 +387,12 @@ def _angle_rows(angles: Mapping[str, Any]) -> Iterable[tuple[str, str, float, fl
         entries = angles.get(key) or {}
         if isinstance(entries, Mapping):  # engine on_epoch: {name: degrees}
             for name, deg in entries.items():
-                yield scope, name, float(deg), None
+                if deg is not None:  # None: undefined angle of an all-zero tensor
+                    yield scope, name, float(deg), None
         else:  # AngleReport.to_dict(): [{"name", "angle_deg", "rel_change"?}]
             for entry in entries:
+                if entry.get("angle_deg") is None:
+                    continue
                 rel = entry.get("rel_change")
                 yield scope, entry["name"], float(entry["angle_deg"]), rel
 
