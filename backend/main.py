@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from backend.api.auth_gate import TokenGate
 from backend.api.errors import BodySizeLimit, install_error_handlers
 from backend.api.main import api_router
 from backend.core.config import Settings, get_settings
@@ -55,6 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(get_engine(settings.db_url))
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so it runs first: no body is read for a request without the token.
+    app.add_middleware(
+        TokenGate,
+        prefix=API_PREFIX,
+        public=("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"),
+        token=lambda: app.state.token,
+    )
     app.include_router(api_router, prefix=API_PREFIX)
     return app
 

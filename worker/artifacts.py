@@ -128,8 +128,13 @@ class ArtifactStore:
         Remote files are downloaded into the cache (kept while their size matches).
         """
         if _is_local(location):
-            path = location[len("file://") :] if location.startswith("file://") else location
-            return Path(path)
+            # Containment after resolving `..` and symlinks: a recorded location never leads
+            # the worker outside its store.
+            path = Path(location.removeprefix("file://")).resolve()
+            root = self.root.resolve()
+            if path != root and root not in path.parents:
+                raise ValueError(f"artifact {location!r} is outside the store {root}")
+            return path
         prefix = f"{self.url}/"
         if not location.startswith(prefix):
             raise ValueError(f"artifact {location!r} is not in the store {self.url!r}")

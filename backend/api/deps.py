@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from backend.api.auth_gate import UNAUTHORIZED
 from backend.core.config import Settings
 from backend.core.security import token_matches
 
@@ -48,8 +49,7 @@ async def require_token(
     if given is None or not token_matches(expected, given):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong API token: send 'Authorization: Bearer <token>' (the token is "
-            "PFT_API_TOKEN, or the file api_token in the data folder)",
+            UNAUTHORIZED,
             headers={"WWW-Authenticate": "Bearer"},
         )
 

@@ -119,11 +119,6 @@ def test_fuzzing_the_whole_api_with_and_without_the_token(app_client: TestClient
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend: FastAPI parses a JSON body before the router's token dependency runs, so "
-    "an unauthenticated request with a malformed body gets 422 (a schema error) instead of 401",
-)
 def test_a_malformed_body_without_the_token_is_401_not_422(app_client: TestClient):
     r = app_client.post(
         "/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
@@ -191,11 +186,6 @@ def test_traversal_in_url_paths_gets_no_file(app_client: TestClient, path: str):
     assert "root:" not in r.text and "Traceback" not in r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker: ArtifactStore.fetch returns any local path it is given; a recorded "
-    "artifact location outside the store (absolute or with ../) is not refused",
-)
 @pytest.mark.parametrize("where", ["absolute", "dotdot"])
 def test_the_worker_refuses_artifact_locations_outside_the_store(tmp_path: Path, where: str):
     store = ArtifactStore(str(tmp_path / "store"))
@@ -206,12 +196,6 @@ def test_the_worker_refuses_artifact_locations_outside_the_store(tmp_path: Path,
         store.fetch(location)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pft.datasets._read_images lets PIL's UnidentifiedImageError through, so the job's "
-    "error reads 'internal error (UnidentifiedImageError) ... see the worker log' instead of a "
-    "PftError that names the file and says what to do",
-)
 def test_an_unreadable_image_is_a_user_error_naming_the_file(tmp_path, monkeypatch):
     from pft.datasets import load_dataset
 
