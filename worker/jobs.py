@@ -15,6 +15,7 @@ succeeded fine-tuning jobs, evaluated on the test split and its shifts).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -212,9 +213,34 @@ def describe_error(exc: BaseException, ctx: JobContext) -> str:
         )
     elif isinstance(exc, FileNotFoundError):
         text = f"file not found: {exc.filename or _first_line(exc)}"
+    elif _storage_problem(exc):
+        text = (
+            f"the artifact store cannot be written ({_storage_problem(exc)}): free space or fix "
+            f"its permissions, then retry; the job resumes from its last epoch checkpoint "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        )
     else:
         text = f"internal error ({type(exc).__name__}): {_first_line(exc)}; see the worker log"
     return text[:MAX_ERROR_CHARS]
+
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+
+
+def _storage_problem(exc: BaseException) -> str | None:
+    """Why a write failed, for full or unwritable stores (safetensors reports os errors as text)."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[exc.errno]
+    text = str(exc)
+    for code, reason in _STORAGE_ERRNOS.items():
+        if f"os error {code})" in text or os.strerror(code) in text:
+            return reason
+    return None
 
 
 def _is_oom(exc: BaseException) -> bool:
