@@ -228,10 +228,12 @@ def test_bad_checkpoints_data_and_models_fail_cleanly_and_other_jobs_run(lab: La
     ]:
         jobs[name] = lab.create_job(config=tiny_config(**changes))
 
-    # soups whose ingredients' recorded checkpoints are pickles (with matching sha256)
-    pickles = [write_pickle(tmp / "store-like" / f"{i}.safetensors", marker) for i in range(2)]
+    # soups whose ingredients' recorded checkpoints are pickles (with matching sha256), planted
+    # inside the artifact store (locations outside it are refused before any read)
+    store = tmp / "data" / "artifacts" / "planted"
+    pickles = [write_pickle(store / f"{i}.safetensors", marker) for i in range(2)]
     jobs["soup_of_pickles"] = _soup(lab, [_fake_succeeded_finetune(lab, p) for p in pickles])
-    torch_files = [write_torch_pickle(tmp / "store-like" / f"{i}.pt", marker) for i in range(2)]
+    torch_files = [write_torch_pickle(store / f"{i}.pt", marker) for i in range(2)]
     jobs["soup_of_torch_saves"] = _soup(
         lab, [_fake_succeeded_finetune(lab, p) for p in torch_files]
     )
