@@ -1,0 +1,124 @@
+"""The study's results on disk, and the choices made from them on the held-out split.
+
+Layout under the study folder: ``runs/<dataset>/<run_id>/`` (``spec.json``, the engine's
+``metrics.json``, ``angles.json``, ``delta.safetensors``, and ``timing.json``),
+``soups/<dataset>/<name>.json`` and ``study.json`` (preset, chosen learning rates, reference
+angles). A :class:`Record` is one finished run; everything downstream works on records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pft.reproduce.plan import RunSpec
+
+
+@dataclass
+class Record:
+    spec: RunSpec
+    summary: dict[str, Any]  # the engine's metrics.json
+    unit_angles: dict[str, float] = field(default_factory=dict)  # final angles (degrees)
+    units: list[dict[str, Any]] = field(default_factory=list)  # angles.json "units" rows
+    trajectory: list[dict[str, Any]] = field(default_factory=list)  # per-epoch unit angles
+    wall_seconds: float | None = None  # training + evaluation, measured by the runner
+    folder: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def heldout(self) -> float:
+        return float(self.summary["heldout_acc"])
+
+    @property
+    def test(self) -> float:
+        return float(self.summary["test_acc"])
+
+    @property
+    def tuned_params(self) -> int:
+        return int(self.summary["strategy"]["tuned_params"])
+
+    @property
+    def shift_acc(self) -> dict[str, float]:
+        return {k: float(v["acc"]) for k, v in self.summary.get("shifts", {}).items()}
+
+
+def run_dir(root: Path, spec: RunSpec) -> Path:
+    return Path(root) / "runs" / spec.dataset / spec.run_id
+
+
+def soup_path(root: Path, dataset: str, name: str) -> Path:
+    return Path(root) / "soups" / dataset / f"{name}.json"
+
+
+def load_record(folder: Path) -> Record | None:
+    """The record of a finished run folder, or None while it is unfinished."""
+    folder = Path(folder)
+    files = {n: folder / f"{n}.json" for n in ("spec", "metrics", "angles", "timing")}
+    if not (files["spec"].is_file() and files["metrics"].is_file()):
+        return None
+    spec = RunSpec.from_dict(json.loads(files["spec"].read_text()))
+    summary = json.loads(files["metrics"].read_text())
+    angles = json.loads(files["angles"].read_text()) if files["angles"].is_file() else {}
+    units = angles.get("units", [])
+    timing = json.loads(files["timing"].read_text()) if files["timing"].is_file() else {}
+    return Record(
+        spec=spec,
+        summary=summary,
+        unit_angles={u["name"]: float(u["angle_deg"]) for u in units},
+        units=units,
+        trajectory=angles.get("trajectory", []),
+        wall_seconds=timing.get("wall_seconds"),
+        folder=folder,
+    )
+
+
+def load_records(root: Path, dataset: str | None = None) -> list[Record]:
+    base = Path(root) / "runs"
+    folders = sorted(base.glob(f"{dataset or '*'}/*"))
+    return [r for r in (load_record(f) for f in folders if f.is_dir()) if r is not None]
+
+
+def load_soups(root: Path, dataset: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(p.read_text()) for p in sorted((Path(root) / "soups" / dataset).glob("*.json"))
+    ]
+
+
+def choose_lrs(records: Iterable[Record]) -> dict[str, float]:
+    """The learning rate per strategy label with the best seed-0 held-out accuracy (ties: lower
+    held-out loss, then the smaller rate). Test accuracy is never looked at."""
+    best: dict[str, tuple[tuple[float, float, float], float]] = {}
+    for r in records:
+        if r.spec.seed != 0 or r.spec.phase == "cheap":
+            continue
+        key = (-r.heldout, float(r.summary["heldout_loss"]), r.spec.lr)
+        if r.label not in best or key < best[r.label][0]:
+            best[r.label] = (key, r.spec.lr)
+    return {label: lr for label, (_, lr) in best.items()}
+
+
+def main_records(records: Iterable[Record], chosen: dict[str, float]) -> list[Record]:
+    """The runs at each label's chosen learning rate (every seed; no cheap runs)."""
+    return [r for r in records if r.spec.phase != "cheap" and chosen.get(r.label) == r.spec.lr]
+
+
+def mean_angles(records: Sequence[Record]) -> dict[str, float]:
+    """Per-unit angle averaged over runs (the reference ranking for ``angle_topk``)."""
+    if not records:
+        return {}
+    names = list(records[0].unit_angles)
+    return {n: sum(r.unit_angles[n] for r in records) / len(records) for n in names}
+
+
+def unit_order(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """``[{name, group, block}]`` of the model's units in depth order (from angles.json)."""
+    for r in records:
+        if r.units:
+            return [{k: u.get(k) for k in ("name", "group", "block")} for u in r.units]
+    return []

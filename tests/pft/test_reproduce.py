@@ -1,0 +1,388 @@
+"""The reproduction study: plan, statistics, held-out choices and verdicts on made-up records,
+and the quick preset end to end (real training of `pft/vit-micro` on `synthetic`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from pft.cli.app import app
+from pft.cli.reproduce import reproduce as _registered  # noqa: F401  (registers the command)
+from pft.errors import PftError
+from pft.reproduce.analysis import claim1, claim3, compare, strategy_rows
+from pft.reproduce.plan import (
+    BASE_STRATEGIES,
+    PRESETS,
+    RunSpec,
+    Target,
+    cheap_epochs,
+    count_plan,
+    customise,
+    get_preset,
+    grid_runs,
+    to_config,
+)
+from pft.reproduce.results import Record, choose_lrs, mean_angles
+from pft.reproduce.stats import pareto_front, ranks, spearman, spread, top_k
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def test_spread_is_mean_and_sample_sd():
+    s = spread([0.8, 0.9, 1.0])
+    assert s.mean == pytest.approx(0.9)
+    assert s.std == pytest.approx(0.1)
+    assert (s.n, s.lo, s.hi) == (3, 0.8, 1.0)
+    assert s.fmt() == "90.0 ± 10.0"
+    assert spread([0.5]).std == 0.0
+    assert spread([]).fmt() == "–"
+
+
+def test_ranks_share_ties():
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_spearman_matches_scipy(seed):
+    rng = random.Random(seed)
+    n = rng.randint(3, 24)
+    a = [rng.choice([rng.random(), 0.5]) for _ in range(n)]  # ties included
+    b = [rng.random() for _ in range(n)]
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+
+
+def test_spearman_extremes_and_constants():
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="equal length"):
+        spearman([1, 2], [1, 2, 3])
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(10, 0.9), (5, 0.8), (5, 0.85), (1, 0.5), (20, 0.9), (2, 0.4)]
+    assert pareto_front(points) == [3, 2, 0]  # (1, .5), (5, .85), (10, .9); sorted by cost
+
+
+def test_top_k_breaks_ties_by_order():
+    vals = {"a": 1.0, "b": 3.0, "c": 3.0, "d": 0.5}
+    assert top_k(vals, ["a", "b", "c", "d"], 1, largest=True) == {"b"}
+    assert top_k(vals, ["a", "b", "c", "d"], 2, largest=False) == {"a", "d"}
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+def test_every_planned_run_has_its_own_folder():
+    for preset in PRESETS.values():
+        ids = set()
+        for t in preset.targets:
+            ids |= {r.run_id for r in grid_runs(preset, t)}
+        assert len(ids) == sum(len(grid_runs(preset, t)) for t in preset.targets)
+
+
+def test_full_preset_covers_the_issue():
+    full = get_preset("full")
+    assert full.seeds >= 3
+    assert {t.dataset for t in full.targets} == {"digits", "fashion_mnist_b"}
+    assert set(full.orders) == {"largest", "smallest"} and len(full.ks) >= 2
+    assert len(BASE_STRATEGIES) == 10  # + angle_topk (two orders) = the twelve built-ins
+    count = count_plan(full)
+    per_target = (
+        sum(len(full.lr_grid[f]) for f in ["full", "linear_probe"])
+        + 8 * len(full.lr_grid["manual"])
+        + 10 * (full.seeds - 1)
+        + len(full.ks) * 2 * (len(full.lr_grid["angle_topk"]) + full.seeds - 1)
+        + full.seeds
+    )
+    assert count.runs == 2 * per_target
+
+
+def test_cheap_epochs_are_shorter_than_the_budget():
+    p = get_preset("full")
+    assert cheap_epochs(p, Target("digits", 10)) == 1
+    assert cheap_epochs(p, Target("digits", 2)) == 1
+    assert cheap_epochs(get_preset("reduced"), Target("digits", 4)) == 1
+
+
+def test_run_config_shares_the_head_and_needs_angles_for_angle_topk():
+    p = get_preset("reduced")
+    spec = RunSpec("digits", "angle_topk", 1e-3, 1, 4, k=3, order="smallest")
+    with pytest.raises(PftError, match="reference angles"):
+        to_config(spec, p)
+    cfg = to_config(spec, p, {"ATTN.0": 1.0})
+    assert cfg.strategy_params == {"k": 3, "order": "smallest", "angles": {"ATTN.0": 1.0}}
+    assert cfg.hparams.head_seed == 0 and cfg.hparams.seed == 1 and cfg.hparams.lr == 1e-3
+    assert spec.run_id == "angle-topk-smallest-k-3-lr0.001-s1-e4"
+
+
+def test_customise_validates_and_names_overrides():
+    p = customise(get_preset("reduced"), seeds=3, epochs=5, datasets=["digits", "synthetic"])
+    assert p.name == "reduced, seeds=3, datasets=digits,synthetic, epochs=5"
+    assert [(t.dataset, t.epochs) for t in p.targets] == [("digits", 5), ("synthetic", 5)]
+    with pytest.raises(PftError, match="seeds must be"):
+        customise(get_preset("quick"), seeds=0)
+    with pytest.raises(PftError, match="unknown dataset 'digitz'"):
+        customise(get_preset("quick"), datasets=["digitz"])
+    with pytest.raises(PftError, match="accepted: quick, reduced, full"):
+        get_preset("fast")
+
+
+# --- choices and verdicts on made-up records -------------------------------------------------
+
+
+def record(strategy, lr, seed, heldout, test, params=100, phase="grid", angles=None, shift=None):
+    spec = RunSpec("digits", strategy, lr, seed, 4, phase=phase)
+    summary = {
+        "heldout_acc": heldout,
+        "heldout_loss": 1 - heldout,
+        "test_acc": test,
+        "strategy": {"tuned_params": params, "tuned_fraction": params / 1000},
+        "shifts": {"blur": {"acc": shift if shift is not None else test - 0.1}},
+    }
+    return Record(spec, summary, unit_angles=angles or {}, wall_seconds=1.0)
+
+
+def test_learning_rate_is_chosen_on_heldout_never_on_test():
+    records = [
+        record("full", 1e-3, 0, heldout=0.9, test=0.5),
+        record("full", 3e-3, 0, heldout=0.8, test=0.99),
+        record("full", 3e-3, 1, heldout=0.99, test=0.99, phase="seeds"),
+        record("full", 1e-2, 0, heldout=0.95, test=0.99, phase="cheap"),
+    ]
+    assert choose_lrs(records) == {"full": 1e-3}
+
+
+def test_reference_angles_average_the_runs():
+    a = record("full", 1e-3, 0, 0.9, 0.9, angles={"ATTN.0": 1.0, "FFN.0": 4.0})
+    b = record("full", 1e-3, 1, 0.9, 0.9, angles={"ATTN.0": 3.0, "FFN.0": 2.0})
+    assert mean_angles([a, b]) == {"ATTN.0": 2.0, "FFN.0": 3.0}
+
+
+def test_compare_uses_standard_errors_with_a_floor():
+    assert compare(spread([0.90, 0.91, 0.92]), spread([0.80, 0.81, 0.82]))[1] == "better"
+    assert compare(spread([0.80, 0.81]), spread([0.90, 0.91]))[1] == "worse"
+    assert compare(spread([0.5, 0.9]), spread([0.6, 0.7]))[1] == "similar"  # noisy
+    assert compare(spread([0.902]), spread([0.9]))[1] == "similar"  # below half a point
+
+
+class _A:  # the slice of DatasetAnalysis the claim functions read
+    def __init__(self, rows, soups=()):
+        self.dataset, self.rows, self.soups = "digits", rows, list(soups)
+
+    def row(self, label):
+        return next((r for r in self.rows if r.label == label), None)
+
+
+def _rows(accs):
+    recs = [
+        record(s, 1e-3, seed, heldout=a, test=a + 0.01 * seed, params=p)
+        for s, (a, p) in accs.items()
+        for seed in range(3)
+    ]
+    return strategy_rows(recs, dict.fromkeys(accs, 1e-3))
+
+
+def test_claim1_verdicts_follow_the_evidence():
+    base = {"full": (0.80, 1000), "linear_probe": (0.40, 10)}
+    support = _A(_rows(base | {"attn_only": (0.90, 300), "ffn_only": (0.88, 600)}))
+    against = _A(_rows(base | {"attn_only": (0.60, 300), "ffn_only": (0.62, 600)}))
+    mixed = _A(_rows(base | {"attn_only": (0.90, 300), "ffn_only": (0.62, 600)}))
+    assert claim1(support)["verdict"] == "supported"
+    assert claim1(against)["verdict"] == "not supported"
+    c = claim1(mixed)
+    assert c["verdict"] == "partly supported"
+    assert c["manual_range_pts"] == pytest.approx(28.0)
+    assert c["vs_full"]["attn_only"]["word"] == "better"
+
+
+def _soup(best_test, soup_test, soup_shift):
+    ind = [
+        {"run_id": "a", "heldout": 0.9, "test": best_test, "shifts": {"blur": 0.5}},
+        {"run_id": "b", "heldout": 0.8, "test": 0.7, "shifts": {"blur": 0.4}},
+    ]
+    scored = {"heldout": 0.95, "test": soup_test, "shifts": {"blur": soup_shift}}
+    return {
+        "name": "attn_only",
+        "individual": ind,
+        "tuned_params": 5,
+        "uniform": scored,
+        "greedy": scored | {"selected": ["a", "b"]},
+        "masked": None,
+    }
+
+
+def test_claim3_compares_soups_with_the_heldout_best_ingredient():
+    assert claim3(_A([], [_soup(0.8, 0.85, 0.6)]))["verdict"] == "supported"
+    assert claim3(_A([], [_soup(0.8, 0.75, 0.6)]))["verdict"] == "partly supported"
+    assert claim3(_A([], [_soup(0.8, 0.75, 0.45)]))["verdict"] == "not supported"
+
+
+# --- the quick preset, end to end ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    report = root / "docs" / "REPRODUCTION.md"
+    args = [
+        "reproduce",
+        "--quick",
+        "--out",
+        str(root / "runs"),
+        "--report",
+        str(report),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return root / "runs", report, args
+
+
+@pytest.mark.slow
+def test_quick_study_writes_every_run_soup_and_figure(quick_study):
+    root, report, _ = quick_study
+    preset = get_preset("quick")
+    runs = sorted((root / "runs" / "synthetic").iterdir())
+    assert len(runs) == count_plan(preset).runs
+    for run in runs:
+        assert {"spec.json", "metrics.json", "angles.json", "delta.safetensors"} <= {
+            p.name for p in run.iterdir()
+        }
+    study = json.loads((root / "study.json").read_text())["targets"]["synthetic"]
+    metrics = {r.name: json.loads((r / "metrics.json").read_text()) for r in runs}
+    # The full-FT learning rate is the grid point with the best seed-0 held-out accuracy.
+    grid = {
+        m["config"]["hparams"]["lr"]: m["heldout_acc"]
+        for n, m in metrics.items()
+        if n.startswith("full-") and "-s0-e2" in n
+    }
+    assert len(grid) == 2 and study["chosen_lr"]["full"] == max(grid, key=grid.get)
+    # angle_topk ran on the mean angles of the chosen full runs.
+    topk = [m for n, m in metrics.items() if n.startswith("angle-topk")]
+    assert len(topk) == 8
+    for m in topk:
+        assert m["config"]["strategy_params"]["angles"] == study["reference_angles"]
+    soups = sorted(p.stem for p in (root / "soups" / "synthetic").glob("*.json"))
+    assert soups == ["attn_only", "ffn_only", "full", "mixed_attn_only-ffn_only"]
+    mixed = json.loads((root / "soups" / "synthetic" / "mixed_attn_only-ffn_only.json").read_text())
+    assert mixed["masked"] is not None and set(mixed["uniform"]["shifts"]) == {"gaussian_noise"}
+    text = report.read_text()
+    for needle in (
+        "## The three claims at a glance",
+        "`quick` preset",
+        "### Claim 1",
+        "### Claim 2",
+        "### Cheap angles",
+        "### Claim 3",
+        "93.51",
+        "Verdict on",
+    ):
+        assert needle in text
+    figs = sorted((report.parent / "img" / "reproduction").glob("*.png"))
+    assert [f.name for f in figs] == [
+        "synthetic_accuracy_vs_params.png",
+        "synthetic_angles.png",
+        "synthetic_cheap_angles.png",
+        "synthetic_soups.png",
+    ]
+    for f in figs:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size < 300_000
+        assert f"](img/reproduction/{f.name})" in text
+
+
+@pytest.mark.slow
+def test_quick_study_resumes_without_training_again(quick_study):
+    root, report, args = quick_study
+    before = {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*/metrics.json")}
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*/metrics.json")} == before
+    assert report.is_file()
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["reproduce", "--preset", "fast", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "accepted: quick, reduced, full" in res.output
+    res = runner.invoke(app, ["reproduce", "--quick", "--seeds", "0", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "seeds must be an integer >= 1" in res.output
+    res = runner.invoke(
+        app, ["reproduce", "--quick", "--dataset", "cifar1000", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and "unknown dataset 'cifar1000'" in res.output
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_time_estimate_extrapolates_measured_rates():
+    from pft.reproduce.estimate import Sizes, estimate_seconds, measure_rates
+
+    sizes = {"digits": Sizes(train=1000, heldout=200, test=600)}
+    rec = record("full", 1e-3, 0, 0.9, 0.9)
+    # 4 epochs × 1000 images in 40 s of training; 12 s more for evaluation of
+    # 4 × 800 held-out + test images and one shift set over 600 test images.
+    rec.summary |= {"images_per_sec": 100.0, "train_seconds": 40.0}
+    rec.wall_seconds = 40.0 + 3800 * 0.002
+    rates = measure_rates([rec], sizes)
+    assert rates.train == {"full": pytest.approx(0.01)}
+    assert rates.eval == pytest.approx(0.002)
+    preset = customise(get_preset("reduced"), datasets=["digits"])
+    est = estimate_seconds(preset, sizes, rates)
+    counts = count_plan(preset)
+    epochs = sum(counts.epochs_by_family["digits"].values())
+    expected = epochs * (1000 * 0.01 + 800 * 0.002) + counts.runs * 2 * 600 * 0.002
+    assert est["digits"] == pytest.approx(expected)  # unmeasured families use the slowest rate
+
+
+def test_study_on_a_missing_backbone_fails_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PFT_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "study"
+    res = CliRunner().invoke(app, ["reproduce", "--preset", "reduced", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "not pre-trained yet: run `pft pretrain` first" in res.output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_soup_evaluator_reproduces_the_engine_scores(quick_study):
+    from pft.checkpoint import load_delta
+    from pft.reproduce.souping import SoupEvaluator
+
+    root, _, _ = quick_study
+    run = root / "runs" / "synthetic" / "attn-only-lr0.003-s0-e2"
+    tensors, meta = load_delta(run / "delta.safetensors")
+    summary = json.loads((run / "metrics.json").read_text())
+    ev = SoupEvaluator(meta, "synthetic", "cpu")
+    scores = ev.scores(tensors, ["gaussian_noise"])
+    assert scores["heldout"] == pytest.approx(summary["heldout_acc"])
+    assert scores["test"] == pytest.approx(summary["test_acc"])
+    assert scores["shifts"]["gaussian_noise"] == pytest.approx(
+        summary["shifts"]["gaussian_noise"]["acc"]
+    )
+    small = SoupEvaluator(meta, "synthetic", "cpu", limit=10)
+    assert len(small.data.heldout) == len(small.data.test) == 10
+
+
+def test_report_flags_a_grid_that_is_too_narrow():
+    from types import SimpleNamespace
+
+    from pft.reproduce.report import _lr_table
+
+    edge = SimpleNamespace(
+        lr_grid={"full": {1e-3: 0.5, 3e-3: 0.6}, "attn_only": {1e-3: 0.4, 3e-3: 0.7}}
+    )
+    inside = SimpleNamespace(
+        lr_grid={"full": {1e-3: 0.6, 3e-3: 0.5}, "attn_only": {1e-3: 0.4, 3e-3: 0.7}}
+    )
+    assert "2 of 2 strategies chose the largest rate" in _lr_table(edge)
+    assert "largest rate" not in _lr_table(inside)
+    assert "| `full` | 50.0 | 60.0 |" in _lr_table(edge)
