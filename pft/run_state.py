@@ -58,12 +58,19 @@ def save_state(
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     name = f"tensors-{st.global_step}.safetensors"
     save_tensors(folder / name, tensors)
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
-              for g in opt_sd["param_groups"]]
-    write_json(folder / "state.json", {
-        "config": config, "tensors": name, "run": asdict(st),
-        "optimizer": {"param_groups": groups, "plain": plain},
-    })
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+        for g in opt_sd["param_groups"]
+    ]
+    write_json(
+        folder / "state.json",
+        {
+            "config": config,
+            "tensors": name,
+            "run": asdict(st),
+            "optimizer": {"param_groups": groups, "plain": plain},
+        },
+    )
     for old in folder.glob("tensors-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)

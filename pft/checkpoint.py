@@ -1,0 +1,179 @@
+"""Delta checkpoints and atomic files.
+
+A delta checkpoint is a safetensors file holding only the tensors a strategy tuned, with string
+metadata (``format=pft-delta-1``, base model, strategy, classes, data config, hyper-parameters)
+that is enough to rebuild the pre-trained point (`pft.pretrained`) and apply the delta on top.
+Nothing here unpickles: tensors live in safetensors, everything else in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from pft.errors import PftError
+from pft.pretrained import base_fingerprint, build_pretrained
+
+FORMAT = "pft-delta-1"
+JSON_KEYS = (
+    "model_overrides",
+    "pretrained",
+    "num_classes",
+    "strategy_params",
+    "data_config",
+    "hparams",
+)  # metadata values stored as JSON text (safetensors metadata is str -> str)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared with other processes
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def save_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Atomically writes CPU-contiguous copies of ``tensors`` as safetensors."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda p: save_file(flat, str(p), metadata=dict(metadata or {})))
+
+
+def delta_metadata(
+    *,
+    base_model: str,
+    model_overrides: dict,
+    pretrained: bool,
+    num_classes: int,
+    strategy: str,
+    strategy_params: dict,
+    dataset: str,
+    data_config: dict,
+    hparams: dict,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "base_model": base_model,
+        "model_overrides": model_overrides,
+        "pretrained": pretrained,
+        "base_fingerprint": base_fingerprint(base_model, model_overrides, pretrained),
+        "num_classes": num_classes,
+        "strategy": strategy,
+        "strategy_params": strategy_params,
+        "dataset": dataset,
+        "data_config": data_config,
+        "hparams": hparams,
+    }
+
+
+def save_delta(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    encoded = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()
+    }
+    return save_tensors(path, tensors, encoded)
+
+
+def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tuned tensors and the decoded metadata; PftError for files that are not deltas."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "delta.safetensors"
+    if not path.is_file():
+        raise PftError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # not a safetensors file
+        raise PftError(f"{path} is not a safetensors checkpoint ({exc})") from exc
+    if raw.get("format") != FORMAT:
+        raise PftError(
+            f"{path} is not a pft delta checkpoint (format {raw.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    meta = {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
+    return tensors, meta
+
+
+def build_model_from_delta(
+    path: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The fine-tuned model: the pre-trained point from the metadata with the delta applied."""
+    tensors, meta = load_delta(path)
+    model = base_from_meta(meta)
+    apply_delta(model, tensors, meta)
+    return model.to(device).eval(), meta
+
+
+def base_from_meta(meta: Mapping[str, Any]) -> nn.Module:
+    """The pre-trained point a checkpoint was fine-tuned from; errors if it has changed."""
+    fingerprint = base_fingerprint(meta["base_model"], meta["model_overrides"], meta["pretrained"])
+    if meta.get("base_fingerprint", "") != fingerprint:
+        raise PftError(
+            f"the checkpoint was fine-tuned from a different copy of {meta['base_model']!r} than "
+            "the one in the data folder (it was pre-trained again since); fine-tune it again"
+        )
+    return build_pretrained(
+        meta["base_model"],
+        int(meta["num_classes"]),
+        pretrained=bool(meta["pretrained"]),
+        overrides=meta["model_overrides"],
+        head_seed=int(meta["hparams"].get("head_seed", 0)),
+    )
+
+
+def apply_delta(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
+    """Copies delta tensors into ``model``; PftError if they do not fit its parameters."""
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        target = params.get(name)
+        if target is None or tuple(target.shape) != tuple(value.shape):
+            got = None if target is None else tuple(target.shape)
+            raise PftError(
+                f"checkpoint tensor {name!r} {tuple(value.shape)} does not fit model "
+                f"{meta.get('base_model')!r} (model has {got}): the checkpoint is for another "
+                "base model"
+            )
+        with torch.no_grad():
+            target.copy_(value.to(target.dtype))
+
+
+def same_base(metas: list[Mapping[str, Any]]) -> None:
+    """Raises PftError unless all checkpoints start from the same pre-trained point."""
+    keys = ("base_model", "model_overrides", "pretrained", "base_fingerprint", "num_classes")
+    first = metas[0]
+    for i, meta in enumerate(metas[1:], start=2):
+        for key in keys:
+            if meta.get(key) != first.get(key):
+                raise PftError(
+                    f"checkpoint {i} has {key}={meta.get(key)!r} but checkpoint 1 has "
+                    f"{first.get(key)!r}: soups need ingredients of one base model"
+                )
+        if meta["hparams"].get("head_seed") != first["hparams"].get("head_seed"):
+            raise PftError(
+                f"checkpoint {i} has a different head_seed than checkpoint 1: soup "
+                "ingredients must share their head initialisation"
+            )

@@ -1,0 +1,306 @@
+"""Partial fine-tuning of a timm ViT with one strategy: the training loop behind `pft.engine`.
+
+Only the strategy's tensors require gradients and get AdamW state. AdamW with linear warmup and
+cosine decay, label smoothing and gradient clipping; bf16 autocast, fused AdamW and optional
+``torch.compile`` on CUDA, fp32 on CPU. Every random draw (data order, augmentation) comes from a
+generator seeded by ``(seed, epoch, step)``, so a run resumed from its state (`pft.run_state`)
+replays exactly the steps an uninterrupted run would take.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pft.angles import compute_angles
+from pft.checkpoint import delta_metadata, save_delta, write_json
+from pft.config import FinetuneConfig, Hparams
+from pft.dataset_catalog import dataset_info, parse_shift
+from pft.datasets import DatasetSplits, load_dataset
+from pft.errors import PftError
+from pft.evaluation import autocast_for, evaluate_shifts, evaluate_split
+from pft.model_catalog import get_spec, unit_map_for
+from pft.preprocess import data_config_for, prepare
+from pft.pretrained import build_pretrained
+from pft.run_state import RunState, clear_state, load_state, save_state
+from pft.strategies import Selection, resolve_strategy
+from pft.units import UnitMap
+
+CANCEL_EVERY = 5  # steps between should_cancel() polls
+NO_DECAY = ("pos_embed", "cls_token", "reg_token", "dist_token")
+
+
+class Cancelled(Exception):
+    """Raised when ``callbacks.should_cancel()`` returned true; the run's state was saved."""
+
+
+@dataclass
+class _Setup:
+    cfg: FinetuneConfig
+    data: DatasetSplits
+    unit_map: UnitMap
+    selection: Selection
+    model: nn.Module
+    data_config: dict[str, Any]
+    device: torch.device
+
+
+def validate_hparams(h: Hparams) -> None:
+    checks = [
+        ("epochs", isinstance(h.epochs, int) and h.epochs >= 1, "an integer >= 1"),
+        ("lr", isinstance(h.lr, int | float) and h.lr > 0, "a number > 0"),
+        ("batch_size", isinstance(h.batch_size, int) and h.batch_size >= 1, "an integer >= 1"),
+        ("weight_decay", h.weight_decay >= 0, "a number >= 0"),
+        ("warmup_fraction", 0 <= h.warmup_fraction < 1, "a number in [0, 1)"),
+        ("label_smoothing", 0 <= h.label_smoothing < 1, "a number in [0, 1)"),
+        ("clip_grad", h.clip_grad >= 0, "a number >= 0 (0 disables clipping)"),
+    ]
+    for name, ok, accepted in checks:
+        if not ok:
+            raise PftError(f"hparams.{name} must be {accepted}, got {getattr(h, name)!r}")
+
+
+def setup(
+    cfg: FinetuneConfig, device: torch.device | str | None = None, train_limit: int | None = None
+) -> _Setup:
+    """Validates a config and builds everything a run needs (raises PftError on bad input)."""
+    dataset_info(cfg.dataset)
+    spec = get_spec(cfg.model, cfg.model_overrides)
+    validate_hparams(cfg.hparams)
+    for s in cfg.shifts:
+        parse_shift(s)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_dataset(cfg.dataset, image_size=int(spec.overrides.get("img_size", 224)))
+    if train_limit is not None:
+        data = DatasetSplits(
+            data.name,
+            data.classes,
+            *(_take(data.split(n), train_limit) for n in ("train", "heldout", "test")),
+        )
+    unit_map = unit_map_for(cfg.model, data.num_classes, cfg.model_overrides, compute=True)
+    selection = resolve_strategy(unit_map, cfg.strategy, **cfg.strategy_params)
+    model = build_pretrained(
+        cfg.model,
+        data.num_classes,
+        pretrained=cfg.pretrained,
+        overrides=cfg.model_overrides,
+        head_seed=cfg.hparams.head_seed,
+    )
+    names = {n for n, _ in model.named_parameters()}
+    if names != set(unit_map.shapes):  # internal invariant: the unit map describes this model
+        raise RuntimeError(f"unit map of {cfg.model} does not match the built model")
+    tuned = set(selection.tensors)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in tuned)
+    return _Setup(cfg, data, unit_map, selection, model.to(device), data_config_for(model), device)
+
+
+def _take(split, n: int):
+    from pft.datasets import Split
+
+    return Split(split.images[:n], split.labels[:n])
+
+
+def _seed(*parts: int) -> int:
+    h = 0x9E3779B9
+    for p in parts:
+        h = (h * 1_000_003 + p + 7) % (2**63 - 1)
+    return h
+
+
+def _lr_at(step: int, total: int, h: Hparams) -> float:
+    warmup = round(h.warmup_fraction * total)
+    if step < warmup:
+        return h.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return h.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(s: _Setup) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in s.model.named_parameters():
+        if p.requires_grad:
+            plain = p.ndim <= 1 or name.split(".")[-1] in NO_DECAY
+            (no_decay if plain else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": s.cfg.hparams.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fast = {"fused": True} if s.device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=s.cfg.hparams.lr, **fast)
+
+
+def _angles(pre: dict[str, torch.Tensor], model: nn.Module, unit_map: UnitMap):
+    finetuned = dict(model.named_parameters())
+    pretrained = {n: pre.get(n, p) for n, p in finetuned.items()}
+    return compute_angles(pretrained, finetuned, unit_map)
+
+
+def _call(callbacks: Any, name: str, *args: Any) -> Any:
+    fn = getattr(callbacks, name, None) if callbacks is not None else None
+    return fn(*args) if fn is not None else None
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    out_dir: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    callbacks: Any = None,
+    train_limit: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tunes and writes ``delta.safetensors``, ``metrics.json``, ``angles.json``.
+
+    Resumes from ``out_dir/state/`` when a previous run of the same config left one there; a
+    finished run (``metrics.json`` of the same config) returns its summary without training.
+    ``train_limit`` keeps only the first N images of each split (smoke runs and tests).
+    """
+    out_dir = Path(out_dir)
+    done = out_dir / "metrics.json"
+    if done.is_file() and (out_dir / "delta.safetensors").is_file():
+        import json
+
+        summary = json.loads(done.read_text())
+        if summary.get("config") == cfg.to_dict():
+            return summary
+    s = setup(cfg, device, train_limit)
+    h = cfg.hparams
+    model, tuned = s.model, list(s.selection.tensors)
+    pre = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(s)
+    n = len(s.data.train)
+    steps_per_epoch = math.ceil(n / h.batch_size)
+    total = h.epochs * steps_per_epoch
+    info = dataset_info(cfg.dataset)
+
+    st = load_state(out_dir / "state", cfg.to_dict(), model, opt, s.device) or RunState()
+    fwd = torch.compile(model) if h.compile and s.device.type == "cuda" else model
+    model.train()
+    t_window, n_window = time.perf_counter(), 0
+    for epoch in range(st.epoch, h.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(h.seed, epoch)))
+        t_epoch = time.perf_counter()
+        loss_acc = torch.zeros((), device=s.device)  # this epoch's summed train loss
+        for step in range(st.step_in_epoch, steps_per_epoch):
+            if step % CANCEL_EVERY == 0 and _call(callbacks, "should_cancel"):
+                st.loss_sum += float(loss_acc)
+                save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
+                raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step}")
+            idx = order[step * h.batch_size : (step + 1) * h.batch_size]
+            g = torch.Generator().manual_seed(_seed(h.seed, epoch, step))
+            x = prepare(
+                s.data.train.images[idx], s.data_config, s.device, augment=g, hflip=info.hflip
+            )
+            y = s.data.train.labels[idx].to(s.device, non_blocking=True)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(st.global_step, total, h)
+            with autocast_for(s.device):
+                logits = fwd(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=h.label_smoothing)
+            loss.backward()
+            if h.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(params, h.clip_grad, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_acc += loss.detach() * len(idx)  # no per-step host sync on CUDA
+            st.seen += len(idx)
+            st.global_step += 1
+            st.step_in_epoch = step + 1
+            n_window += len(idx)
+            if st.global_step % max(1, total // 200) == 0 or st.global_step == total:
+                now = time.perf_counter()
+                _call(
+                    callbacks,
+                    "on_progress",
+                    {
+                        "epoch": epoch + 1,
+                        "step": st.global_step,
+                        "total_steps": total,
+                        "progress": st.global_step / total,
+                        "images_per_sec": n_window / max(now - t_window, 1e-9),
+                    },
+                )
+                t_window, n_window = now, 0
+        st.train_seconds += time.perf_counter() - t_epoch
+        st.train_images += n
+        st.loss_sum += float(loss_acc)
+        metrics = {"epoch": epoch + 1, "train_loss": st.loss_sum / max(1, st.seen)}
+        for name in ("heldout", "test"):
+            m = evaluate_split(model, s.data.split(name), s.data_config, s.device)
+            metrics |= {f"{name}_acc": m["acc"], f"{name}_loss": m["loss"]}
+        metrics["images_per_sec"] = st.train_images / max(st.train_seconds, 1e-9)
+        report = _angles(pre, model, s.unit_map)
+        st.history.append(metrics)
+        st.trajectory.append({"epoch": epoch + 1, "units": report.units})
+        st.epoch, st.step_in_epoch, st.loss_sum, st.seen = epoch + 1, 0, 0.0, 0
+        save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
+        _call(
+            callbacks,
+            "on_epoch",
+            epoch + 1,
+            metrics,
+            {"units": report.units, "tensors": report.tensors},
+        )
+    return _finish(s, out_dir, st, pre)
+
+
+def _finish(s: _Setup, out_dir: Path, st: RunState, pre: dict[str, torch.Tensor]) -> dict:
+    cfg, model = s.cfg, s.model
+    shifts = evaluate_shifts(model, s.data.test, s.data_config, s.device, cfg.shifts)
+    report = _angles(pre, model, s.unit_map)
+    params = dict(model.named_parameters())
+    meta = delta_metadata(
+        base_model=cfg.model,
+        model_overrides=cfg.model_overrides,
+        pretrained=cfg.pretrained,
+        num_classes=s.data.num_classes,
+        strategy=cfg.strategy,
+        strategy_params=s.selection.params,
+        dataset=cfg.dataset,
+        data_config=s.data_config,
+        hparams=cfg.hparams.__dict__,
+    )
+    save_delta(out_dir / "delta.safetensors", {t: params[t] for t in s.selection.tensors}, meta)
+    angles = {
+        "model": cfg.model,
+        "strategy": cfg.strategy,
+        **report.to_dict(s.unit_map),
+        "trajectory": st.trajectory,
+    }
+    write_json(out_dir / "angles.json", angles)
+    last = st.history[-1]
+    summary = {
+        "config": cfg.to_dict(),
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "dataset": cfg.dataset,
+        "num_classes": s.data.num_classes,
+        "strategy": s.selection.to_dict(),
+        "device": str(s.device),
+        "heldout_acc": last["heldout_acc"],
+        "test_acc": last["test_acc"],
+        "heldout_loss": last["heldout_loss"],
+        "test_loss": last["test_loss"],
+        "shifts": shifts,
+        "images_per_sec": last["images_per_sec"],
+        "train_seconds": st.train_seconds,
+        "epochs": st.history,
+        "files": {"delta": "delta.safetensors", "metrics": "metrics.json", "angles": "angles.json"},
+    }
+    write_json(out_dir / "metrics.json", summary)
+    clear_state(out_dir / "state")
+    return summary
+
+
+def remove_outputs(out_dir: Path) -> None:
+    """Deletes a run folder (used by the CLI when a run it started fails)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
