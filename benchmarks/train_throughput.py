@@ -24,18 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = (
-    "full",
-    "linear_probe",
-    "attn_only",
-    "ffn_only",
-    "attn_first_half",
-    "attn_last_half",
-    "ffn_first_half",
-    "ffn_last_half",
-    "blocks_first_half",
-    "blocks_last_half",
-)
+from pft.strategies import MANUAL_STRATEGIES
+
+# The strategies that need no parameters: full, linear probe and the paper's eight.
+STRATEGIES = ("full", "linear_probe", *MANUAL_STRATEGIES)
 
 
 def _cfg(args, strategy: str, compile_: bool):

@@ -8,52 +8,23 @@ from pathlib import Path
 import typer
 
 from pft.cli.app import app
+from pft.cli.common import JSON, OVERRIDE, fail, parse_overrides, print_table
 from pft.errors import PftError
 
 soup_app = typer.Typer(help="Build model soups from delta checkpoints.", no_args_is_help=True)
 app.add_typer(soup_app, name="soup")
 
 
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _overrides(pairs: list[str] | None) -> dict:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(f"--override takes KEY=VALUE, got {pair!r}")
-        out[key] = json.loads(value) if value.replace(".", "", 1).isdigit() else value
-    return out
-
-
 def _unit_map(model: str, num_classes: int, override: list[str] | None):
     from pft.model_catalog import unit_map_for
 
     try:
-        return unit_map_for(model, num_classes, _overrides(override), compute=True)
+        return unit_map_for(model, num_classes, parse_overrides(override), compute=True)
     except PftError as exc:
         fail(str(exc))
 
 
-def _table(rows: list[list], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    for row in [header, *rows]:
-        cells = zip(row, widths, strict=True)
-        typer.echo("  ".join(_cell(x, w) for x, w in cells).rstrip())
-
-
-def _cell(value: object, width: int) -> str:
-    text = str(value)
-    numeric = text.replace(",", "").replace(".", "").replace("%", "").replace("e-", "").isdigit()
-    return text.rjust(width) if numeric else text.ljust(width)
-
-
 NUM_CLASSES = typer.Option(100, "--num-classes", "-n", help="classes of the new head")
-OVERRIDE = typer.Option(None, "--override", help="timm keyword override KEY=VALUE (repeatable)")
-JSON = typer.Option(False, "--json", help="print the stable JSON contract")
 
 
 @app.command()
@@ -70,7 +41,7 @@ def units(
         f"{model}: {um.total_params:,} params, head {um.head_params:,}, "
         f"{len(um.units)} units in groups {', '.join(um.groups)}"
     )
-    _table(
+    print_table(
         [[u.name, u.group, u.block, f"{u.params:,}", len(u.tensors)] for u in um.units],
         ["unit", "group", "block", "params", "tensors"],
     )
@@ -113,7 +84,7 @@ def strategies(
             json.dumps({"model": model, "num_classes": num_classes, "strategies": rows}, indent=2)
         )
         return
-    _table(
+    print_table(
         [
             [
                 r["name"],
@@ -163,7 +134,7 @@ def angles(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    _table(
+    print_table(
         [[u["name"], f"{u['angle_deg']:.4f}", f"{u['rel_change']:.3e}"] for u in data["units"]],
         ["unit", "angle (deg)", "rel change"],
     )

@@ -10,7 +10,8 @@ from typing import Any
 import typer
 
 from pft.cli.app import app
-from pft.cli.science import JSON, OVERRIDE, _overrides, _table, fail, soup_app
+from pft.cli.common import JSON, OVERRIDE, fail, parse_overrides, print_table
+from pft.cli.science import soup_app
 from pft.errors import PftError
 
 SHIFT = typer.Option(None, "--shift", help="shift NAME or NAME:SEVERITY (repeatable), e.g. blur:3")
@@ -161,7 +162,7 @@ def finetune(
         strategy_params=params,
         hparams=Hparams(**hp, compile=compile_),
         pretrained=pretrained,
-        model_overrides=_overrides(override),
+        model_overrides=parse_overrides(override),
         shifts=list(shift or []),
     )
     summary = _run_finetune(cfg, out, device)
@@ -225,7 +226,7 @@ def evaluate(
     rows = [["(none)", f"{result['acc']:.4f}", f"{result['loss']:.4f}"]]
     rows += [[n, f"{m['acc']:.4f}", f"{m['loss']:.4f}"] for n, m in result["shifts"].items()]
     typer.echo(f"{checkpoint} on {dataset} ({split}):")
-    _table(rows, ["shift", "acc", "loss"])
+    print_table(rows, ["shift", "acc", "loss"])
 
 
 @soup_app.command("greedy")
@@ -257,7 +258,7 @@ def soup_greedy(
         ]
         for t in result["trace"]
     ]
-    _table(rows, ["step", "ingredient", "alone (held-out)", "soup (held-out)", ""])
+    print_table(rows, ["step", "ingredient", "alone (held-out)", "soup (held-out)", ""])
     typer.echo(
         f"greedy soup of {len(result['selected'])} / {len(checkpoints)}: held-out acc "
         f"{result['heldout_acc']:.4f}, test acc {result['test_acc']:.4f}"
@@ -277,12 +278,12 @@ def datasets(as_json: bool = JSON) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    _table(
+    print_table(
         [[d["name"], d["num_classes"] or "?", d["description"]] for d in data["datasets"]],
         ["dataset", "classes", "description"],
     )
     typer.echo("")
-    _table(
+    print_table(
         [
             [s["name"], ",".join(map(str, s["severities"])), s["description"]]
             for s in data["shifts"]

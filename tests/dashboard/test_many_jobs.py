@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pft.strategies import MANUAL_STRATEGIES
 from tests.dashboard.conftest import (
     Backend,
     finish_job,
@@ -18,18 +19,7 @@ from tests.dashboard.conftest import (
 from tests.dashboard.test_pages import assert_clean, frame, page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-STRATEGIES = [
-    "full",
-    "linear_probe",
-    "attn_only",
-    "ffn_only",
-    "attn_first_half",
-    "attn_last_half",
-    "ffn_first_half",
-    "ffn_last_half",
-    "blocks_first_half",
-    "blocks_last_half",
-]
+STRATEGIES = ["full", "linear_probe", *MANUAL_STRATEGIES]
 SEEDS = list(range(30))  # 10 strategies x 30 seeds = 300 jobs
 FINISHED = 60
 BUDGET_S = 5.0  # one full page run, cold caches, on a busy 2-core machine
