@@ -17,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictFloat,
+    StrictInt,
     Tag,
     field_validator,
     model_validator,
@@ -25,7 +27,7 @@ from pydantic import (
 from backend.db.models import JOB_KINDS, JOB_STATUSES, SOUP_METHODS
 from pft.config import Hparams
 from pft.dataset_catalog import IMAGEFOLDER_PREFIX, dataset_info, parse_shift
-from pft.model_catalog import ALLOWED_OVERRIDES, get_spec
+from pft.model_catalog import ALLOWED_OVERRIDES, check_overrides, get_spec
 from pft.paths import contained, datasets_dir
 from pft.strategies import ORDERS, STRATEGIES
 
@@ -50,15 +52,15 @@ def _check(fn: Any, value: Any) -> Any:
 class HparamsCreate(_Strict):
     """Training hyperparameters (pft.config.Hparams); every field is optional."""
 
-    epochs: int = Field(_HP["epochs"], ge=1, le=1000)
+    epochs: StrictInt = Field(_HP["epochs"], ge=1, le=1000)
     lr: float = Field(_HP["lr"], gt=0, le=1)
-    batch_size: int = Field(_HP["batch_size"], ge=1, le=4096)
+    batch_size: StrictInt = Field(_HP["batch_size"], ge=1, le=4096)
     weight_decay: float = Field(_HP["weight_decay"], ge=0, le=1)
     warmup_fraction: float = Field(_HP["warmup_fraction"], ge=0, lt=1)
     label_smoothing: float = Field(_HP["label_smoothing"], ge=0, lt=1)
     clip_grad: float = Field(_HP["clip_grad"], ge=0, le=1e6)
-    seed: int = Field(_HP["seed"], ge=0, le=2**31 - 1)
-    head_seed: int = Field(_HP["head_seed"], ge=0, le=2**31 - 1)
+    seed: StrictInt = Field(_HP["seed"], ge=0, le=2**31 - 1)
+    head_seed: StrictInt = Field(_HP["head_seed"], ge=0, le=2**31 - 1)
     compile: bool = _HP["compile"]
 
 
@@ -67,7 +69,9 @@ class StrategyCreate(_Strict):
     "reference_job": 12}`` or ``{"name": "attn_only"}``."""
 
     name: str = Field(max_length=64, description="one of GET /catalog/strategies")
-    k: int | None = Field(None, ge=1, le=1024, description="angle_topk: units tuned per group")
+    k: StrictInt | None = Field(
+        None, ge=1, le=1024, description="angle_topk: units tuned per group"
+    )
     order: Literal[ORDERS] | None = Field(None, description="angle_topk: largest or smallest")
     reference_job: int | None = Field(
         None, ge=1, le=2**31 - 1, description="angle_topk: a succeeded full fine-tuning job"
@@ -89,7 +93,7 @@ class StrategyCreate(_Strict):
 
 
 _Shifts = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=MAX_SHIFTS)]
-_Overrides = Annotated[dict[str, int | float], Field(max_length=len(ALLOWED_OVERRIDES))]
+_Overrides = Annotated[dict[str, StrictFloat], Field(max_length=len(ALLOWED_OVERRIDES))]
 
 
 class _RunCreate(_Strict):
@@ -132,7 +136,14 @@ class _RunCreate(_Strict):
                 )
             if not 0 < value <= 4096 or (key != "mlp_ratio" and not float(value).is_integer()):
                 raise ValueError(f"override {key!r} must be a positive integer up to 4096")
-        return {k: (v if k == "mlp_ratio" else int(v)) for k, v in v.items()}
+        out = {k: (v if k == "mlp_ratio" else int(v)) for k, v in v.items()}
+        return out
+
+    @model_validator(mode="after")
+    def _consistent_overrides(self) -> _RunCreate:
+        if self.model_overrides:
+            _check(lambda _: check_overrides(get_spec(self.model, self.model_overrides)), None)
+        return self
 
 
 class FinetuneCreate(_RunCreate):

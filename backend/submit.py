@@ -187,6 +187,10 @@ def submit_pretrain(session: Session, req: PretrainCreate) -> Job:
     return job
 
 
+def _head_seed(job: Job) -> int:
+    return int(((job.config or {}).get("hparams") or {}).get("head_seed", 0))
+
+
 def submit_soup(session: Session, req: SoupCreate) -> Job:
     """A soup job over succeeded fine-tuning jobs of one base model and dataset."""
     found = crud.get_jobs(session, job_ids=req.ingredients)
@@ -212,6 +216,13 @@ def submit_soup(session: Session, req: SoupCreate) -> Job:
                 f"job {job_id} fine-tuned {job.model} on {job.dataset} but job {first.id} "
                 f"fine-tuned {first.model} on {first.dataset}; all ingredients must share the "
                 "base model (and its overrides) and the dataset",
+            )
+        elif _head_seed(job) != _head_seed(first):
+            raise InvalidRequest(
+                loc,
+                f"job {job_id} initialised its head with head_seed {_head_seed(job)} but job "
+                f"{first.id} with {_head_seed(first)}; soup ingredients must share their head "
+                "initialisation (Wortsman et al. 2022)",
             )
     assert first is not None  # at least two ingredients (schema)
     config = {"ingredients": list(req.ingredients), "method": req.method, "shifts": req.shifts}

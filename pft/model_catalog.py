@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -142,6 +143,34 @@ def get_spec(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec:
     raise PftError(
         f"unknown model {name!r}{hint}; accepted: {', '.join(CATALOG)} or any timm model name"
     )
+
+
+def _name_default(arch: str, pattern: str) -> int | None:
+    m = re.search(pattern, arch)
+    return int(m[1]) if m else None
+
+
+def check_overrides(spec: ModelSpec) -> None:
+    """Torch-free sanity checks of timm overrides, so impossible models fail at the boundary.
+
+    Values not overridden come from the architecture name where it says them
+    (``vit_base_patch16_224``: patch 16, image 224).
+    """
+    arch = architecture(spec.timm_name)
+    o = spec.overrides
+    img = o.get("img_size", _name_default(arch, r"_(\d+)$"))
+    patch = o.get("patch_size", _name_default(arch, r"patch(\d+)"))
+    if img is not None and patch is not None and (patch > img or img % patch):
+        raise PftError(
+            f"model_overrides: img_size {img} must be a multiple of patch_size {patch} "
+            "(and at least as large)"
+        )
+    dim, heads = o.get("embed_dim"), o.get("num_heads")
+    if dim is not None and heads is not None and dim % heads:
+        raise PftError(f"model_overrides: embed_dim {dim} must be divisible by num_heads {heads}")
+    ratio = o.get("mlp_ratio")
+    if ratio is not None and dim is not None and int(dim * ratio) < 1:
+        raise PftError(f"model_overrides: mlp_ratio {ratio} leaves the MLP with no hidden units")
 
 
 def shape_key(spec: ModelSpec) -> str:

@@ -17,7 +17,6 @@ from pft.errors import PftError
 from pft.model_catalog import CATALOG, ModelSpec, get_spec, write_cached_table
 from pft.paths import models_dir
 
-
 BASE_SEED = 0  # random-init weights are a pure function of the spec, so deltas can be rebuilt
 
 

@@ -17,8 +17,6 @@ from torch import nn
 from pft.model_catalog import get_spec
 from pft.model_factory import builtin_weights_path, create_model
 
-BASE_SEED = 0  # random-init bodies are drawn under this seed
-
 
 def build_pretrained(
     model: str,
@@ -29,9 +27,8 @@ def build_pretrained(
     head_seed: int = 0,
 ) -> nn.Module:
     """The model at its pre-trained point with a fresh ``num_classes`` head (on CPU, fp32)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(BASE_SEED)
-        net = create_model(model, num_classes, pretrained=pretrained, overrides=overrides)
+    # create_model draws random bodies under pft.model_factory.BASE_SEED, on a private RNG.
+    net = create_model(model, num_classes, pretrained=pretrained, overrides=overrides)
     head = net.get_classifier()
     if isinstance(head, nn.Linear):
         g = torch.Generator().manual_seed(head_seed)

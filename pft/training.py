@@ -171,6 +171,10 @@ def finetune(
         summary = json.loads(done.read_text())
         if summary.get("config") == cfg.to_dict():
             return summary
+        raise PftError(
+            f"{out_dir} holds a finished run with a different configuration; choose another "
+            "output folder or delete that one"
+        )
     s = setup(cfg, device, train_limit)
     h = cfg.hparams
     model, tuned = s.model, list(s.selection.tensors)

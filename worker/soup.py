@@ -75,11 +75,9 @@ def make_soup(ctx: JobContext) -> dict[str, Any]:
 
     trace: list[dict[str, Any]] = []
     if method == "greedy":
-        with session_scope(ctx.db_url) as s:
-            jobs = crud.get_jobs(s, job_ids=ids)
-            known = [(jobs[i].result or {}).get("heldout_acc") for i in ids]
-        singles = known if all(isinstance(x, int | float) for x in known) else None
-        greedy = greedy_soup(deltas, heldout, base, individual_scores=singles)
+        # Ingredients are re-scored here rather than trusting the held-out accuracies their
+        # jobs recorded: another device or precision there would bias the strict comparison.
+        greedy = greedy_soup(deltas, heldout, base)
         soup, selected = greedy.soup, [ids[i] for i in greedy.selected]
         trace = [
             {

@@ -97,6 +97,12 @@ def _reference_angles(path: Path) -> dict[str, float]:
         )
     try:
         data = json.loads(path.read_text())
+        if data.get("strategy", "full") != "full":
+            # Units a partial run froze have an angle of exactly 0: no ranking information.
+            raise PftError(
+                f"--reference {str(path)!r} comes from a {data['strategy']!r} run; angle_topk "
+                "ranks units by the angles of a full fine-tuning run"
+            )
         units = data["units"]
         if isinstance(units, dict):
             return {k: float(v) for k, v in units.items()}

@@ -207,3 +207,29 @@ def test_tiny_pretrain_then_finetune_the_builtin_backbone(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout[r.stdout.index("{") :])["num_classes"] == 10
+
+
+def test_a_finished_run_is_never_overwritten_by_another_config(runs):
+    before = (runs / "s1" / "metrics.json").read_text()
+    r = cli("finetune", *MICRO, "--strategy", "attn_only", "--epochs", 1, "--out", runs / "s1")
+    assert r.exit_code == 2 and "finished run with a different configuration" in r.output
+    assert (runs / "s1" / "metrics.json").read_text() == before
+
+
+def test_reference_angles_must_come_from_a_full_run(tmp_path, runs):
+    partial = json.loads((runs / "s1" / "angles.json").read_text()) | {"strategy": "attn_only"}
+    (tmp_path / "angles.json").write_text(json.dumps(partial))
+    r = cli(
+        "finetune",
+        *MICRO,
+        "--strategy",
+        "angle_topk",
+        "--k",
+        1,
+        "--reference",
+        tmp_path / "angles.json",
+        "--out",
+        tmp_path / "fapft",
+    )
+    assert r.exit_code == 2 and "from a 'attn_only' run" in r.output
+    assert not (tmp_path / "fapft").exists()

@@ -77,6 +77,15 @@ def test_default_strategy_is_full_and_pretrain_jobs(client: TestClient) -> None:
         ({"strategy": {"name": "angle_topk", "k": 2}}, "reference_job", ["full fine-tuning"]),
         ({"strategy": {"name": "full", "reference_job": 1}}, "reference_job", ["only"]),
         ({"strategy": {"name": "angle_topk", "k": 2, "order": "big"}}, "order", ["'largest'"]),
+        ({"hparams": {"epochs": True}}, "epochs", ["valid integer"]),
+        ({"model_overrides": {"depth": True}}, "model_overrides", ["valid"]),
+        ({"model_overrides": {"img_size": 18}}, "body", ["multiple of patch_size 4"]),
+        ({"model_overrides": {"embed_dim": 33}}, "body", ["divisible by num_heads 2"]),
+        (
+            {"model": "vit_base_patch16_224", "model_overrides": {"img_size": 7}},
+            "body",
+            ["img_size 7 must be a multiple of patch_size 16"],
+        ),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field_and_writes_nothing(

@@ -83,3 +83,17 @@ def test_soup_request_validation(client: TestClient, body: dict, words: str) -> 
     r = client.post("/api/v1/soups", json=body)
     assert r.status_code == 422
     assert words in r.json()["detail"][0]["msg"], r.json()
+
+
+def test_soup_ingredients_must_share_their_head_initialisation(
+    client: TestClient, db: Session
+) -> None:
+    a = finished_finetune(db, seed=0)
+    b = finished_finetune(db, seed=1)
+    b.config = {**b.config, "hparams": {**b.config["hparams"], "head_seed": 1}}
+    db.commit()
+    r = client.post("/api/v1/soups", json={"ingredients": [a.id, b.id], "method": "uniform"})
+    assert r.status_code == 422, r.text
+    error = r.json()["detail"][0]
+    assert error["loc"] == ["body", "ingredients", 1]
+    assert "head_seed 1" in error["msg"] and "share their head initialisation" in error["msg"]
