@@ -27,7 +27,11 @@ def test_units_json_contract():
     assert {"model", "num_classes", "total_params", "head_params", "units"} <= set(data)
     assert data["total_params"] == 85_875_556 and data["head_params"] == 76_900
     assert data["units"][0] == {
-        "name": "ATTN.0", "group": "ATTN", "kind": "ATTN", "block": 0, "params": 2_363_904,
+        "name": "ATTN.0",
+        "group": "ATTN",
+        "kind": "ATTN",
+        "block": 0,
+        "params": 2_363_904,
         "tensors": data["units"][0]["tensors"],
     }
     assert len(data["units"]) == 24
@@ -68,9 +72,15 @@ def make_delta(tmp_path, name, strategy, seed, num_classes=3):
     state = base.state_dict()
     tensors = {t: state[t] + 0.05 * torch.randn(state[t].shape, generator=g) for t in sel.tensors}
     meta = delta_metadata(
-        base_model="pft/vit-micro", model_overrides={}, pretrained=False,
-        num_classes=num_classes, strategy=strategy, strategy_params={}, dataset="synthetic",
-        data_config={}, hparams={"head_seed": 0, "seed": seed},
+        base_model="pft/vit-micro",
+        model_overrides={},
+        pretrained=False,
+        num_classes=num_classes,
+        strategy=strategy,
+        strategy_params={},
+        dataset="synthetic",
+        data_config={},
+        hparams={"head_seed": 0, "seed": seed},
     )
     path = tmp_path / f"{name}.safetensors"
     save_delta(path, tensors, meta)

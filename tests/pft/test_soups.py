@@ -55,7 +55,7 @@ def test_uniform_soup_streams_two_state_dicts():
     uniform_soup(ingredients(12))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    # running float64 sum (6 MiB) + one ingredient (3 MiB) + output: far from 12 ingredients (36 MiB)
+    # float64 running sum (6 MiB) + one ingredient (3 MiB) + output; 12 ingredients are 36 MiB
     assert peak < 16 * 2**20
 
 

@@ -79,8 +79,7 @@ def test_eight_manual_strategies():
 
 
 def test_odd_depth_halves_floor_ceil():
-    from pft.model_catalog import named_shapes_from_table, shape_table
-    from pft.model_catalog import get_spec
+    from pft.model_catalog import get_spec, named_shapes_from_table, shape_table
     from pft.units import build_unit_map
 
     table = shape_table(get_spec("pft/vit-micro"))
