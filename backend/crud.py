@@ -332,6 +332,11 @@ def heartbeat(
         values["progress"] = min(max(float(progress), 0.0), 1.0)
     if info is not None:
         values["progress_info"] = dict(info)
+    return _update_owned(session, job_id=job_id, worker=worker, values=values)
+
+
+def _update_owned(session: Session, *, job_id: int, worker: str, values: Mapping[str, Any]) -> bool:
+    """Updates a running job only if ``worker`` still owns it; False when it has lost the job."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
@@ -480,13 +485,7 @@ def finish_job(
         values["result"] = dict(result)
     if status == "succeeded":
         values["progress"] = 1.0
-    outcome = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
-        .values(**values)
-    )
-    session.commit()
-    return outcome.rowcount == 1
+    return _update_owned(session, job_id=job_id, worker=worker, values=values)
 
 
 def request_cancel(session: Session, *, job_id: int) -> str:

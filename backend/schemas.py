@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -92,7 +93,17 @@ class StrategyCreate(_Strict):
         return self.model_dump(exclude_none=True, exclude={"name", "reference_job"})
 
 
-_Shifts = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=MAX_SHIFTS)]
+def _known_shifts(v: list[str]) -> list[str]:
+    for s in v:
+        parse_shift(s)  # PftError (a ValueError) names the accepted shifts
+    return v
+
+
+_Shifts = Annotated[
+    list[Annotated[str, Field(max_length=64)]],
+    Field(max_length=MAX_SHIFTS),
+    AfterValidator(_known_shifts),
+]
 _Overrides = Annotated[dict[str, StrictFloat], Field(max_length=len(ALLOWED_OVERRIDES))]
 
 
@@ -119,13 +130,6 @@ class _RunCreate(_Strict):
             contained(datasets_dir(), v[len(IMAGEFOLDER_PREFIX) :])
         return v
 
-    @field_validator("shifts")
-    @classmethod
-    def _shifts(cls, v: list[str]) -> list[str]:
-        for s in v:
-            parse_shift(s)
-        return v
-
     @field_validator("model_overrides")
     @classmethod
     def _overrides(cls, v: dict[str, int | float]) -> dict[str, int | float]:
@@ -142,7 +146,7 @@ class _RunCreate(_Strict):
     @model_validator(mode="after")
     def _consistent_overrides(self) -> _RunCreate:
         if self.model_overrides:
-            _check(lambda _: check_overrides(get_spec(self.model, self.model_overrides)), None)
+            check_overrides(get_spec(self.model, self.model_overrides))
         return self
 
 
@@ -170,13 +174,6 @@ class SoupCreate(_Strict):
     def _unique(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
             raise ValueError("ingredients must be distinct job ids")
-        return v
-
-    @field_validator("shifts")
-    @classmethod
-    def _shifts(cls, v: list[str]) -> list[str]:
-        for s in v:
-            parse_shift(s)
         return v
 
 
