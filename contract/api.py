@@ -1,0 +1,332 @@
+"""The HTTP API's payloads: the response models the API answers with (the dashboard parses
+them with these same classes) and the reports workers send on the worker routes.
+
+Request bodies that are validated against the science registries (strategies, datasets,
+models) live in `backend.schemas`; everything here is plain data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.vocab import AngleScope, JobKind, JobStatus
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs
+
+
+class JobPublic(_Public):
+    id: int
+    kind: JobKind
+    status: JobStatus
+    experiment_id: int | None
+    model: str | None
+    dataset: str | None
+    strategy: str | None
+    seed: int | None
+    config: dict[str, Any]  # the job's spec, verbatim (`pft.jobs.specs`, `to_dict()`)
+    tuned_params: int | None
+    total_params: int | None
+    progress: float
+    progress_info: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricPublic(_Public):
+    epoch: int
+    train_loss: float | None
+    heldout_acc: float | None
+    heldout_loss: float | None
+    test_acc: float | None
+    test_loss: float | None
+    images_per_sec: float | None
+    extra: dict[str, Any]
+
+
+class AngleRow(_Public):
+    """One fine-tuned angle: of a unit (``ATTN.3``) or of one tensor of the model."""
+
+    scope: AngleScope
+    name: str
+    angle_deg: float
+    rel_change: float | None = None  # ||w - w0|| / ||w0||
+    unit: str | None = None  # the unit the tensor belongs to (a unit row: itself; stem: None)
+    group: str | None = None  # the unit's group ("ATTN", "S2.FFN")
+    block: int | None = None  # the unit's block in depth order
+    part: str | None = None  # the tensor's part ("qkv", "proj", "fc1", "fc2", "norm", ...)
+
+
+class AngleSet(BaseModel):
+    units: list[AngleRow] = []
+    tensors: list[AngleRow] = []
+
+
+class EpochAngles(AngleSet):
+    epoch: int
+
+
+class AnglesPublic(BaseModel):
+    job_id: int
+    final: AngleSet | None  # None until the job recorded its final angles
+    epochs: list[EpochAngles]
+
+
+class ArtifactPublic(_Public):
+    kind: str
+    location: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class SoupPublic(_Public):
+    id: int
+    job_id: int
+    status: JobStatus
+    method: str  # a merge method of `pft.soups` (GET /catalog/soups)
+    ingredients: list[int]
+    shifts: list[str]
+    trace: list[dict[str, Any]]
+    score_in: float | None
+    scores_out: dict[str, float]
+    error: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments
+
+
+class StrategySummary(BaseModel):
+    label: str  # "attn_only", "angle_topk(k=7, order=smallest)"
+    strategy: str
+    params: dict[str, Any]
+    jobs: int
+    succeeded: int
+    test_acc_mean: float | None
+    test_acc_std: float | None  # sample standard deviation over seeds (0 for one seed)
+    heldout_acc_mean: float | None
+    shift_acc_mean: dict[str, float]  # {shift: mean accuracy over succeeded seeds}
+    tuned_params: int | None
+    tuned_fraction: float | None
+
+
+class ExperimentPublic(_Public):
+    id: int
+    name: str
+    model: str
+    dataset: str
+    hparams: dict[str, Any]
+    config: dict[str, Any]
+    created_at: datetime
+    status_counts: dict[str, int] = {}
+
+
+class ExperimentDetail(ExperimentPublic):
+    job_ids: list[int]
+    summary: list[StrategySummary]
+
+
+class ExperimentsPage(BaseModel):
+    items: list[ExperimentPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class ExperimentCreated(BaseModel):
+    experiment: ExperimentPublic
+    jobs: list[JobPublic]
+
+
+# ---------------------------------------------------------------------------------------------
+# catalogues and previews
+
+
+class ParamPublic(BaseModel):
+    """One parameter of a registry entry (strategy, soup method), as a UI widget needs it."""
+
+    name: str
+    kind: str  # "int", "float", "choice", "units", "job"
+    description: str
+    default: Any = None
+    choices: list[str] = []
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = False
+
+
+class RegistryEntry(BaseModel):
+    name: str
+    description: str
+    params: list[ParamPublic] = []
+
+
+class ModelPublic(BaseModel):
+    name: str
+    description: str
+    source: str  # "builtin", "random", "hub"
+    timm_name: str
+    overrides: dict[str, Any]
+    unit_preview: bool  # GET /models/{model}/units can answer now
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    description: str
+    num_classes: int | None  # None: an image folder, counted when it is read
+
+
+class ShiftPublic(BaseModel):
+    name: str
+    description: str
+    severities: list[int]
+
+
+class DatasetsCatalog(BaseModel):
+    datasets: list[DatasetPublic]
+    shifts: list[ShiftPublic]
+
+
+class UnitPublic(BaseModel):
+    name: str
+    group: str
+    kind: str
+    block: int
+    params: int
+    tensors: list[str]
+
+
+class UnitMapPublic(BaseModel):
+    model: str
+    num_classes: int
+    total_params: int
+    head_params: int
+    depth: int
+    groups: dict[str, list[str]]
+    units: list[UnitPublic]
+
+
+class SelectionPublic(BaseModel):
+    """A strategy resolved on one model: exactly what it tunes."""
+
+    name: str
+    description: str = ""
+    params: dict[str, Any] = {}
+    tuned_params: int
+    tuned_fraction: float
+    units: list[str]
+
+
+class UnitsPreview(BaseModel):
+    unit_map: UnitMapPublic
+    strategies: list[SelectionPublic]  # every strategy that needs no parameter
+
+
+class Health(BaseModel):
+    status: str  # "ok" or "degraded"
+    database: bool  # reachable
+    database_writable: bool
+    broker: bool
+    version: str
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker routes (API_PREFIX + WORKER_ROUTES, worker token)
+
+
+class ArtifactRef(BaseModel):
+    """Where a stored file is and what it must hash to."""
+
+    location: str
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(min_length=64, max_length=64)
+
+
+class ClaimRequest(BaseModel):
+    worker: str = Field(min_length=1, max_length=200)  # shown on the job: host, pid, device
+
+
+class Claim(BaseModel):
+    """A job handed to one worker. Every later report carries ``claim``; once the API has given
+    the job to another worker (or it finished) it refuses them with 409."""
+
+    job_id: int
+    kind: JobKind
+    spec: dict[str, Any]  # `pft.jobs.specs.spec_from_dict(kind, spec)`
+    claim: str  # this attempt's token
+    attempt: int
+    inputs: dict[str, ArtifactRef] = {}  # soups: ingredient job id -> its delta checkpoint
+
+
+class _Claimed(BaseModel):
+    claim: str = Field(min_length=1, max_length=100)
+
+
+class HeartbeatReport(_Claimed):
+    progress: float | None = Field(None, ge=0, le=1)
+    info: dict[str, Any] = {}
+
+
+class HeartbeatReply(BaseModel):
+    cancel_requested: bool
+
+
+class EpochRecord(BaseModel):
+    epoch: int = Field(ge=1)
+    metrics: dict[str, Any]
+    angles: list[AngleRow] = []  # measured after this epoch (units, and tensors when sent)
+
+
+class EpochReport(_Claimed, EpochRecord):
+    pass
+
+
+class ArtifactReport(ArtifactRef):
+    kind: str = Field(min_length=1, max_length=32)  # "delta", "metrics", "angles", "soup", ...
+
+
+class SoupOutcome(BaseModel):
+    trace: list[dict[str, Any]] = []
+    score_in: float | None = None
+    scores_out: dict[str, float] = {}
+
+
+class FinishReport(_Claimed):
+    """The end of an attempt, recorded in one transaction (or not at all, without the claim)."""
+
+    status: JobStatus
+    result: dict[str, Any] | None = None
+    error: str | None = Field(None, max_length=4000)
+    epochs: list[EpochRecord] = []  # every epoch of the run (fills any a crash left out)
+    angles: list[AngleRow] = []  # measured on the final weights
+    artifacts: list[ArtifactReport] = []
+    soup: SoupOutcome | None = None
+
+
+class ShapeTableReport(BaseModel):
+    key: str = Field(min_length=1, max_length=300)
+    model: str = Field(min_length=1, max_length=200)
+    table: dict[str, Any]
