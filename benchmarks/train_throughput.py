@@ -24,17 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from pft.strategies import MANUAL_STRATEGIES
+from pft.strategies import FULL_FINETUNING
+from pft.strategies import STRATEGIES as REGISTRY
 
 # The strategies that need no parameters: full, linear probe and the paper's eight.
-STRATEGIES = ("full", "linear_probe", *MANUAL_STRATEGIES)
+STRATEGIES = tuple(name for name, s in REGISTRY.items() if not s.params)
 
 
 def _cfg(args, strategy: str, compile_: bool):
-    from pft.config import FinetuneConfig, Hparams
+    from pft.jobs.specs import FinetuneSpec, Hparams
 
     overrides = {"img_size": args.img_size} if args.img_size else {}
-    return FinetuneConfig(
+    return FinetuneSpec(
         model=args.model,
         dataset=args.dataset,
         strategy=strategy,
@@ -78,10 +79,11 @@ def plain_throughput(args, strategy: str) -> float:
     import torch
     import torch.nn.functional as F
 
+    from pft.base_model import build_pretrained
     from pft.datasets import load_dataset
     from pft.model_catalog import unit_map_for
+    from pft.model_factory import compute_shape_table
     from pft.preprocess import data_config_for, prepare
-    from pft.pretrained import build_pretrained
     from pft.strategies import resolve_strategy
 
     cfg = _cfg(args, strategy, False)
@@ -96,7 +98,10 @@ def plain_throughput(args, strategy: str) -> float:
     )
     tuned = set(
         resolve_strategy(
-            unit_map_for(cfg.model, data.num_classes, cfg.model_overrides, compute=True), strategy
+            unit_map_for(
+                cfg.model, data.num_classes, cfg.model_overrides, compute=compute_shape_table
+            ),
+            strategy,
         ).tensors
     )
     for name, p in model.named_parameters():
@@ -196,7 +201,7 @@ def main() -> None:
     from pft.training import setup
 
     # build once so that shape tables are cached before any timing
-    setup(_cfg(args, "full", False), args.device, train_limit=args.batch_size)
+    setup(_cfg(args, FULL_FINETUNING, False), args.device, train_limit=args.batch_size)
     machine = (
         torch.cuda.get_device_name()
         if args.device.startswith("cuda")
@@ -212,8 +217,8 @@ def main() -> None:
     # alternate the two loops and keep the best of each: the CPU may be shared
     plains, engines = [], []
     for _ in range(args.repeats):
-        plains.append(plain_throughput(args, "full"))
-        engines.append(engine_throughput(args, "full"))
+        plains.append(plain_throughput(args, FULL_FINETUNING))
+        engines.append(engine_throughput(args, FULL_FINETUNING))
     plain = max(plains)
     engine = max(engines, key=lambda r: r["images_per_sec"])
     results["plain_full_images_per_sec"] = plain
@@ -225,7 +230,7 @@ def main() -> None:
         f"{engine['images_per_sec']:,.0f} img/s, ratio {results['engine_over_plain']:.2f}"
     )
     if args.compile and args.device.startswith("cuda"):
-        comp = engine_throughput(args, "full", compile_=True)
+        comp = engine_throughput(args, FULL_FINETUNING, compile_=True)
         results["engine_compiled_images_per_sec"] = comp["images_per_sec"]
         results["engine_compiled_over_plain"] = comp["images_per_sec"] / plain
         print(
@@ -238,7 +243,7 @@ def main() -> None:
             rows[strategy] = engine_throughput(args, strategy)
         else:
             rows[strategy] = strategy_in_fresh_process(args, strategy)
-    full = rows.get("full") or engine
+    full = rows.get(FULL_FINETUNING) or engine
     print(f"{'strategy':<20}{'img/s':>10}{'vs full':>9}{'peak MB':>10}{'vs full':>9}")
     for name, r in rows.items():
         r["speed_vs_full"] = r["images_per_sec"] / full["images_per_sec"]

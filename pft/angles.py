@@ -15,9 +15,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from contract.vocab import AngleScope
 from pft.errors import PftError
 from pft.units import UnitMap
 
@@ -52,6 +54,72 @@ class AngleReport:
                 row |= {"unit": owner[name], "part": tensor_part(name)}
             tensors.append(row)
         return {"units": units, "tensors": tensors}
+
+    def rows(self, unit_map: UnitMap) -> list[dict[str, Any]]:
+        """Full angle rows, units then tensors (`contract.api.AngleRow`)."""
+        return angle_rows(self.to_dict(unit_map))
+
+
+def angle_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``{scope, name, angle_deg, rel_change, unit, group, block, part}`` from the JSON
+    contract of `AngleReport.to_dict` (with a unit map), as ``angles.json`` holds it.
+
+    A tensor row takes group and block from its unit; undefined angles (a tensor whose norm is
+    zero) have no row.
+    """
+    rows, where = [], {}
+    for u in data.get("units", []):
+        where[u["name"]] = (u.get("group"), u.get("block"))
+        if u.get("angle_deg") is None:
+            continue
+        rows.append(
+            {
+                "scope": AngleScope.UNIT.value,
+                "name": u["name"],
+                "angle_deg": float(u["angle_deg"]),
+                "rel_change": u.get("rel_change"),
+                "unit": u["name"],
+                "group": u.get("group"),
+                "block": u.get("block"),
+                "part": None,
+            }
+        )
+    for t in data.get("tensors", []):
+        if t.get("angle_deg") is None:
+            continue
+        group, block = where.get(t.get("unit"), (None, None))
+        rows.append(
+            {
+                "scope": AngleScope.TENSOR.value,
+                "name": t["name"],
+                "angle_deg": float(t["angle_deg"]),
+                "rel_change": None,
+                "unit": t.get("unit"),
+                "group": group,
+                "block": block,
+                "part": t.get("part"),
+            }
+        )
+    return rows
+
+
+def unit_rows(
+    units: Mapping[str, float | None],
+    rel_change: Mapping[str, float | None],
+    unit_map: UnitMap | None = None,
+    where: Mapping[str, tuple[str | None, int | None]] | None = None,
+) -> list[dict[str, Any]]:
+    """Unit rows of one trajectory point, placed by a unit map (or by ``where``: name ->
+    (group, block), for points read back from ``angles.json``)."""
+    if unit_map is not None:
+        where = {u.name: (u.group, u.block) for u in unit_map.units}
+    where = where or {}
+    entries = []
+    for name, deg in units.items():
+        group, block = where.get(name, (None, None))
+        row = {"name": name, "angle_deg": deg, "rel_change": rel_change.get(name)}
+        entries.append(row | {"group": group, "block": block})
+    return angle_rows({"units": entries})
 
 
 def tensor_part(name: str) -> str:

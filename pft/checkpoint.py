@@ -2,7 +2,7 @@
 
 A delta checkpoint is a safetensors file holding only the tensors a strategy tuned, with string
 metadata (``format=pft-delta-1``, base model, strategy, classes, data config, hyper-parameters)
-that is enough to rebuild the pre-trained point (`pft.pretrained`) and apply the delta on top.
+that is enough to rebuild the pre-trained point (`pft.base_model`) and apply the delta on top.
 Nothing here unpickles: tensors live in safetensors, everything else in JSON.
 """
 
@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from pft.base_model import base_fingerprint, build_pretrained
 from pft.errors import PftError
-from pft.pretrained import base_fingerprint, build_pretrained
 
 FORMAT = "pft-delta-1"
 JSON_KEYS = (
@@ -96,11 +96,30 @@ def save_delta(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[st
     return save_tensors(path, tensors, encoded)
 
 
+def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
+    """safetensors metadata (str -> str) with the structured values of a delta decoded."""
+    return {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
+
+
+def delta_meta(raw: Mapping[str, str], where: str | Path) -> dict[str, Any]:
+    """The decoded metadata of a delta checkpoint; PftError for files that are not deltas."""
+    if raw.get("format") != FORMAT:
+        raise PftError(
+            f"{where} is not a pft delta checkpoint (format {raw.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    return decode_metadata(raw)
+
+
+def delta_path(path: str | Path) -> Path:
+    """A delta checkpoint given as its file or its run folder."""
+    path = Path(path)
+    return path / "delta.safetensors" if path.is_dir() else path
+
+
 def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tuned tensors and the decoded metadata; PftError for files that are not deltas."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "delta.safetensors"
+    path = delta_path(path)
     if not path.is_file():
         raise PftError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -109,13 +128,7 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # not a safetensors file
         raise PftError(f"{path} is not a safetensors checkpoint ({exc})") from exc
-    if raw.get("format") != FORMAT:
-        raise PftError(
-            f"{path} is not a pft delta checkpoint (format {raw.get('format')!r}, "
-            f"expected {FORMAT!r})"
-        )
-    meta = {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
-    return tensors, meta
+    return tensors, delta_meta(raw, path)
 
 
 def build_model_from_delta(

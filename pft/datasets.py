@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pft.dataset_catalog import IMAGEFOLDER_PREFIX, dataset_info
+from pft.dataset_catalog import DatasetInfo, dataset_info
 from pft.errors import PftError
+from pft.lazy import load_function
 from pft.paths import contained, datasets_dir
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -67,8 +68,8 @@ def load_dataset(name: str, *, split_seed: int = 0, image_size: int = 224) -> Da
     ``image_size`` only matters for ``imagefolder:`` datasets, whose images are resized to it
     once at load time so that they fit one uint8 tensor.
     """
-    dataset_info(name)  # validates the name with close matches
-    raw = _load_raw(name, image_size)
+    info = dataset_info(name)  # validates the name with close matches
+    raw = load_function(info.loader)(info, image_size)
     n = len(raw.train)
     k = raw.heldout_size if raw.heldout_size is not None else max(1, int(n * HELDOUT_FRACTION))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
@@ -82,23 +83,13 @@ def load_dataset(name: str, *, split_seed: int = 0, image_size: int = 224) -> Da
     )
 
 
-def _load_raw(name: str, image_size: int) -> _Raw:
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        return _imagefolder(name[len(IMAGEFOLDER_PREFIX) :], image_size)
-    if name.startswith("fashion_mnist_"):
-        return _class_subset(_fashion_mnist(), range(0, 5) if name.endswith("_a") else range(5, 10))
-    return {
-        "synthetic": _synthetic,
-        "digits": _digits,
-        "fashion_mnist": _fashion_mnist,
-        "cifar10": lambda: _cifar("cifar10"),
-        "cifar100": lambda: _cifar("cifar100"),
-    }[name]()
-
-
 def _split(images: np.ndarray, labels: np.ndarray) -> Split:
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
     return Split(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+
+
+def load_synthetic(info: DatasetInfo, image_size: int) -> _Raw:
+    return _synthetic()
 
 
 @cache
@@ -118,6 +109,10 @@ def _synthetic() -> _Raw:
     images, labels = images[:, None], labels
     classes = ("horizontal", "vertical", "diagonal", "antidiagonal")
     return _Raw(classes, Split(images[:512], labels[:512]), Split(images[512:], labels[512:]), 64)
+
+
+def load_digits(info: DatasetInfo, image_size: int) -> _Raw:
+    return _digits()
 
 
 @cache
@@ -156,6 +151,14 @@ def _read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset).copy()
 
 
+def load_fashion_mnist(info: DatasetInfo, image_size: int) -> _Raw:
+    """All ten classes, or the ``classes`` range of the entry's options, relabelled from 0."""
+    raw = _fashion_mnist()
+    if "classes" not in info.options:
+        return raw
+    return _class_subset(raw, range(*info.options["classes"]))
+
+
 @cache
 def _fashion_mnist() -> _Raw:
     """From the Debian package `dataset-fashion-mnist` when present, else torchvision."""
@@ -191,14 +194,15 @@ def _class_subset(raw: _Raw, keep: range) -> _Raw:
     return _Raw(tuple(raw.classes[i] for i in keep), subset(raw.train), subset(raw.test))
 
 
+def load_cifar(info: DatasetInfo, image_size: int) -> _Raw:
+    return _cifar(info.name, info.options["torchvision"], info.options["archive"])
+
+
 @cache
-def _cifar(name: str) -> _Raw:
+def _cifar(name: str, torchvision_class: str, archive: str) -> _Raw:
     from torchvision import datasets as tvd
 
-    cls, archive = {
-        "cifar10": (tvd.CIFAR10, "cifar-10-python.tar.gz"),
-        "cifar100": (tvd.CIFAR100, "cifar-100-python.tar.gz"),
-    }[name]
+    cls = getattr(tvd, torchvision_class)
     root = datasets_dir() / name
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -212,20 +216,21 @@ def _cifar(name: str) -> _Raw:
     return _Raw(tuple(sets[0].classes), s[0], s[1])
 
 
-def _imagefolder(folder: str, image_size: int) -> _Raw:
+def load_image_folder(info: DatasetInfo, image_size: int) -> _Raw:
     """``NAME/<class>/*.png`` (test split: a fixed 20%), or ``NAME/train|test/<class>/*``."""
-    root = contained(datasets_dir(), folder)
+    folder, base = info.options["folder"], datasets_dir()
+    root = contained(base, folder)
     if not root.is_dir():
-        raise PftError(f"dataset folder {folder!r} does not exist under {datasets_dir()}")
+        raise PftError(f"dataset folder {folder!r} does not exist under {base}")
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = _class_names(root / "train")
         return _Raw(
             classes,
-            _read_images(root / "train", classes, image_size),
-            _read_images(root / "test", classes, image_size),
+            _read_images(base, root / "train", classes, image_size),
+            _read_images(base, root / "test", classes, image_size),
         )
     classes = _class_names(root)
-    every = _read_images(root, classes, image_size)
+    every = _read_images(base, root, classes, image_size)
     perm = torch.randperm(len(every), generator=torch.Generator().manual_seed(0))
     cut = max(1, len(every) // 5)
     test, train = perm[:cut].sort().values, perm[cut:].sort().values
@@ -243,14 +248,14 @@ def _class_names(root: Path) -> tuple[str, ...]:
     return classes
 
 
-def _read_images(root: Path, classes: tuple[str, ...], size: int) -> Split:
+def _read_images(base: Path, root: Path, classes: tuple[str, ...], size: int) -> Split:
     from PIL import Image
 
     images, labels = [], []
     for label, cls in enumerate(classes):
         for path in sorted((root / cls).iterdir()):
             # Files are read only if they resolve inside the dataset root (symlinks too).
-            path = contained(datasets_dir(), path.relative_to(datasets_dir()))
+            path = contained(base, path.relative_to(base))
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             try:

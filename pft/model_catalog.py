@@ -4,7 +4,9 @@ A model is a timm architecture name (optionally with a pretrained tag, e.g.
 ``vit_base_patch16_224.augreg_in21k``) or a built-in ``pft/...`` model, plus optional timm
 keyword overrides for small test models. Parameter shapes come from shape tables shipped in
 ``pft/model_shapes/`` (written by ``python -m pft.model_factory --write-shipped``) or cached at
-run time in the data folder, so the backend can preview unit maps without torch.
+run time in the data folder, so the backend can preview unit maps without torch. Computing a
+missing table needs torch: callers that have it pass `pft.model_factory.compute_shape_table`
+to `unit_map_for` (this module never imports the factory, which imports it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -193,7 +196,8 @@ def _cached_table(key: str) -> dict | None:
 
 
 def write_cached_table(spec: ModelSpec, table: dict, directory: Path | None = None) -> Path:
-    """Stores a shape table (from pft.model_factory.shape_table) for torch-free lookups."""
+    """Stores a shape table (from `pft.model_factory.compute_shape_table`) for torch-free
+    lookups."""
     directory = directory or shapes_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{shape_key(spec)}.json"
@@ -218,12 +222,16 @@ def named_shapes_from_table(table: dict, num_classes: int) -> list[tuple[str, tu
 
 
 def unit_map_for(
-    name: str, num_classes: int, overrides: dict[str, Any] | None = None, *, compute: bool = False
+    name: str,
+    num_classes: int,
+    overrides: dict[str, Any] | None = None,
+    *,
+    compute: Callable[[ModelSpec], dict] | None = None,
 ) -> UnitMap:
     """The unit map of a model without loading weights.
 
-    Uses shipped or cached shape tables; with ``compute=True`` builds the model on the meta
-    device (needs torch) when no table exists, and caches the result.
+    Uses shipped or cached shape tables; when none exists, ``compute`` (with torch:
+    `pft.model_factory.compute_shape_table`) builds one on the meta device and it is cached.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise PftError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -235,9 +243,7 @@ def unit_map_for(
                 f"no shape table for {name!r} yet; it is computed the first time a worker or "
                 f"`pft units {name}` loads the model"
             )
-        from pft.model_factory import shape_table as compute_table
-
-        table = compute_table(spec)
+        table = compute(spec)
         write_cached_table(spec, table)
     return build_unit_map(
         named_shapes_from_table(table, num_classes), model=name, num_classes=num_classes

@@ -15,7 +15,7 @@ from torch import nn
 
 from pft.errors import PftError
 from pft.model_catalog import CATALOG, ModelSpec, get_spec, write_cached_table
-from pft.paths import models_dir
+from pft.paths import layout
 
 BASE_SEED = 0  # random-init weights are a pure function of the spec, so deltas can be rebuilt
 
@@ -33,7 +33,7 @@ def _create(spec: ModelSpec, num_classes: int, pretrained: bool, **extra: Any) -
         )
 
 
-def shape_table(spec: ModelSpec) -> dict:
+def compute_shape_table(spec: ModelSpec) -> dict:
     """Parameter shapes of a spec, built on the meta device (no memory for weights)."""
     with torch.device("meta"):
         body = _create(spec, 0, pretrained=False)
@@ -49,7 +49,7 @@ def shape_table(spec: ModelSpec) -> dict:
 
 
 def builtin_weights_path(name: str) -> Path:
-    return models_dir() / name / "model.safetensors"
+    return layout().model_weights(name)
 
 
 def create_model(
@@ -99,7 +99,7 @@ def main() -> None:
     if args.write_shipped:
         out = Path(__file__).parent / "model_shapes"
         for spec in CATALOG.values():
-            print(write_cached_table(spec, shape_table(spec), out))
+            print(write_cached_table(spec, compute_shape_table(spec), out))
         names = sorted(set(timm.list_models()) | set(timm.list_models(pretrained=True)))
         (out / "timm_models.txt").write_text("\n".join(names) + "\n")
 

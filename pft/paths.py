@@ -1,29 +1,38 @@
-"""Where pft keeps its files: one data folder (``PFT_DATA_DIR``, default ``./data``)."""
+"""Where pft keeps its files: one data folder (``PFT_DATA_DIR``, default ``./data``), laid out
+by `contract.layout.DataLayout` and read through `contract.settings.LabSettings`.
+
+The settings are read on every call (never cached) so that a process, or a test, that changes
+``PFT_DATA_DIR`` sees the new folder at once.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from contract.layout import DataLayout
+from contract.settings import LabSettings
+
+
+def _settings() -> LabSettings:
+    return LabSettings()
+
+
+def layout() -> DataLayout:
+    return _settings().layout
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("PFT_DATA_DIR", "data")).expanduser().resolve()
+    return layout().root
 
 
 def datasets_dir() -> Path:
     """Root of image folders and downloaded datasets (``PFT_DATASETS_DIR``)."""
-    env = os.environ.get("PFT_DATASETS_DIR")
-    return Path(env).expanduser().resolve() if env else data_dir() / "datasets"
-
-
-def models_dir() -> Path:
-    """Built-in pre-trained backbones (``pft pretrain`` writes here)."""
-    return data_dir() / "models"
+    return _settings().resolved_datasets_dir
 
 
 def shapes_cache_dir() -> Path:
     """Unit-map shape tables computed at run time for models not shipped with pft."""
-    return data_dir() / "shapes"
+    return layout().shapes
 
 
 def contained(root: Path, candidate: str | Path) -> Path:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pft.checkpoint import load_delta, save_tensors, write_json
-from pft.config import FinetuneConfig, Hparams
+from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.model_catalog import BUILTIN_BACKBONE
 from pft.model_factory import builtin_weights_path
+from pft.strategies import FULL_FINETUNING
 from pft.training import finetune
 
 PRETRAIN_DATASET = "fashion_mnist_a"
@@ -55,11 +56,11 @@ def pretrain(
     )
     folder = weights.parent
     work = Path(work_dir) if work_dir else folder / "run"
-    hp = Hparams(**{**PRETRAIN_HPARAMS.__dict__, **({"epochs": epochs} if epochs else {})})
-    cfg = FinetuneConfig(
+    hp = Hparams(**{**PRETRAIN_HPARAMS.to_dict(), **({"epochs": epochs} if epochs else {})})
+    cfg = FinetuneSpec(
         model=BUILTIN_BACKBONE,
         dataset=PRETRAIN_DATASET,
-        strategy="full",
+        strategy=FULL_FINETUNING,  # from random weights: every tensor is trained
         hparams=hp,
         pretrained=False,
     )
@@ -75,7 +76,7 @@ def pretrain(
         "heldout_acc": summary["heldout_acc"],
         "epochs": summary["epochs"],
         "subset": subset,
-        "hparams": hp.__dict__,
+        "hparams": hp.to_dict(),
         "data_config": meta["data_config"],
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,  # wall time is inflated on a shared CPU

@@ -4,12 +4,16 @@
 RNG state; ``state/state.json`` holds the counters, metric history, angle trajectory and the
 optimizer's non-tensor state, and names its tensors file. The JSON is written last (atomic
 rename), so it always points at a complete tensors file. No pickles.
+
+`check_resume_state` validates what a killed attempt left before a retry resumes from it, and
+`completed_epochs` says how far it got; callers never read the layout themselves.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,3 +115,65 @@ def load_state(
 
 def clear_state(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+STATE_DIR = "state"  # the resumable state's folder inside a run folder
+
+
+def check_safetensors(path: Path) -> None:
+    """Raises ValueError unless ``path`` is a complete safetensors file (header + data size).
+
+    Reads only the header, so it is cheap even for multi-GB files; catches truncated and
+    garbage files (bit flips inside tensor data are caught by a recorded sha256 instead).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100_000_000):
+            raise ValueError("header length is beyond the end of the file")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"unreadable header ({exc})") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{size} bytes, expected {8 + n + end} (truncated or padded)")
+
+
+def check_resume_state(run_dir: Path) -> None:
+    """Validates the resumable state a previous attempt left in ``run_dir/state``.
+
+    A corrupt one is moved to ``state.corrupt`` (so that a retry starts from scratch) and a
+    PftError says so.
+    """
+    state = Path(run_dir) / STATE_DIR
+    meta = state / "state.json"
+    if not meta.is_file():
+        return
+    try:
+        saved = json.loads(meta.read_text())
+        tensors = state / str(saved["tensors"])
+        if not tensors.is_file():
+            raise ValueError(f"{tensors.name} is missing")
+        check_safetensors(tensors)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        aside = Path(run_dir) / f"{STATE_DIR}.corrupt"
+        shutil.rmtree(aside, ignore_errors=True)
+        state.rename(aside)
+        raise PftError(
+            f"corrupt checkpoint in {state}: {reason}; it was moved to {aside.name}/, "
+            "retry the job to start it from scratch"
+        ) from None
+
+
+def completed_epochs(run_dir: Path) -> int:
+    """Epochs a resumable state in ``run_dir`` has completed; 0 when there is none."""
+    try:
+        saved = json.loads((Path(run_dir) / STATE_DIR / "state.json").read_text())
+        return int(saved["run"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

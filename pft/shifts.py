@@ -1,7 +1,8 @@
 """Distribution-shift corruptions for out-of-distribution evaluation, as batched tensor ops.
 
 Each corruption maps a float batch in [0, 1] of shape (B, C, H, W) to a corrupted batch at one of
-five fixed severities (names and severities: `pft.dataset_catalog.SHIFTS`). They are
+five fixed severities (names, severities and which function is which:
+`pft.dataset_catalog.SHIFTS`). They are
 deterministic: the noise is drawn from a generator seeded by the severity and the batch index,
 so every evaluation of a checkpoint sees the same corrupted test set.
 """
@@ -13,7 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pft.dataset_catalog import parse_shift
+from pft.dataset_catalog import SHIFTS, parse_shift
+from pft.lazy import load_function
 
 _NOISE_STD = (0.04, 0.08, 0.12, 0.18, 0.26)
 _BLUR_SIGMA = (0.4, 0.6, 0.8, 1.1, 1.5)  # in pixels per 32 pixels of image side
@@ -24,16 +26,25 @@ _ROTATION_DEG = (10.0, 20.0, 30.0, 40.0, 50.0)
 def apply_shift(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Corrupts a batch; ``seed`` varies the noise between batches (use the batch index)."""
     parse_shift(f"{name}:{severity}")  # validates
-    i = severity - 1
-    if name == "gaussian_noise":
-        g = torch.Generator(device="cpu").manual_seed(1000 * severity + seed)
-        noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
-        return (x + noise * _NOISE_STD[i]).clamp(0, 1)
-    if name == "blur":
-        return _gaussian_blur(x, _BLUR_SIGMA[i] * x.shape[-1] / 32)
-    if name == "contrast":
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        return ((x - mean) * _CONTRAST[i] + mean).clamp(0, 1)
+    return load_function(SHIFTS[name].apply)(x, severity - 1, seed)
+
+
+def gaussian_noise(x: torch.Tensor, i: int, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(1000 * (i + 1) + seed)
+    noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+    return (x + noise * _NOISE_STD[i]).clamp(0, 1)
+
+
+def blur(x: torch.Tensor, i: int, seed: int) -> torch.Tensor:
+    return _gaussian_blur(x, _BLUR_SIGMA[i] * x.shape[-1] / 32)
+
+
+def contrast(x: torch.Tensor, i: int, seed: int) -> torch.Tensor:
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * _CONTRAST[i] + mean).clamp(0, 1)
+
+
+def rotation(x: torch.Tensor, i: int, seed: int) -> torch.Tensor:
     return _rotate(x, _ROTATION_DEG[i])
 
 

@@ -1,4 +1,4 @@
-"""The strategy catalogue: rules that say which units a partial fine-tuning run tunes (torch-free).
+"""The strategy registry: rules that say which units a partial fine-tuning run tunes (torch-free).
 
 Ye et al. (arXiv 2312.15681) compare full fine-tuning, linear probing and eight manual
 strategies, {ATTN, FFN, ATTN+FFN} x {all blocks, first half, last half} minus full, and
@@ -9,29 +9,173 @@ explicit set of units.
 Every strategy tunes the head. The stem (patch embedding, tokens, position embedding) and the
 final norm are tuned only by ``full``. With an odd depth D, the "first half" is the first
 floor(D/2) blocks and the "last half" the remaining ceil(D/2).
+
+A strategy declares its parameters (`StrategyParam`: kind, range, default, help) and checks
+them itself; everything else (the API's request schema and catalogue, the CLI's options, the
+dashboard's widgets) is derived from these declarations. A parameter may be *filled* by the
+lab: ``reference_job`` names a job whose final unit angles become ``angles``
+(`prepare_params`), so the stored job spec is self-contained.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pft.errors import PftError
+from pft.errors import PftError, unknown_name
 from pft.units import UnitMap
 
 ORDERS = ("largest", "smallest")
+FULL_FINETUNING = "full"  # tunes every tensor: pre-training and reference runs use it
+DEFAULT_STRATEGY = FULL_FINETUNING
+PARAM_KINDS = ("int", "float", "choice", "units", "angles", "job")
 
 
 @dataclass(frozen=True)
 class StrategyParam:
+    """One parameter of a strategy, as a request schema, a CLI option and a widget need it."""
+
     name: str
-    kind: str  # "int", "choice", "angles" (unit -> degrees) or "units" (list of unit names)
+    kind: str  # one of PARAM_KINDS
     description: str
     default: Any = None
     choices: tuple[str, ...] = ()
-    minimum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = False
+    public: bool = True  # False: the lab fills it (never asked from a user, never shown)
+    fills: str | None = None  # the parameter that `prepare_params` derives from this one
+    # A model-dependent value that UIs and `pft strategies` suggest when none is given.
+    suggest: Callable[[UnitMap], Any] | None = field(default=None, repr=False, compare=False)
+    # A model-dependent upper bound (k: the units of the smallest group), checked with a map.
+    maximum_for: Callable[[UnitMap], float] | None = field(default=None, repr=False, compare=False)
+
+    def check(self, value: Any, um: UnitMap | None = None) -> Any:
+        """``value`` checked against the declared kind and range (and the unit map, when one is
+        given); returns it normalised. Raises PftError naming this parameter."""
+        p = self
+        if um is not None and self.maximum_for is not None:
+            p = replace(self, maximum=self.maximum_for(um))
+        return _KIND_CHECKS[self.kind](p, value, um)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The parameter as `contract.api.ParamPublic` describes it."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "default": self.default,
+            "choices": list(self.choices),
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "required": self.required,
+        }
+
+    def _fail(self, accepted: str, value: Any) -> PftError:
+        return PftError(f"{self.name} must be {accepted}, got {value!r}", field=self.name)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_number(p: StrategyParam, value: Any, integer: bool) -> int | float:
+    ok = _is_int(value) if integer else (_is_int(value) or isinstance(value, float))
+    low = p.minimum if p.minimum is not None else None
+    high = p.maximum if p.maximum is not None else None
+    what = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        what += f" from {low:g} to {high:g}"
+    elif low is not None:
+        what += f" >= {low:g}"
+    elif high is not None:
+        what += f" <= {high:g}"
+    if not ok or (low is not None and value < low) or (high is not None and value > high):
+        raise p._fail(what, value)
+    return value if integer else float(value)
+
+
+def _check_choice(p: StrategyParam, value: Any, _: UnitMap | None) -> str:
+    if value not in p.choices:
+        raise p._fail(f"one of {', '.join(p.choices)}", value)
+    return value
+
+
+def _check_units(p: StrategyParam, value: Any, um: UnitMap | None) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(u, str) for u in value):
+        raise p._fail("a list of unit names such as 'ATTN.0' or 'FFN.3'", value)
+    if um is None:
+        return list(value)
+    for u in value:
+        try:
+            um.unit(u)
+        except PftError as exc:  # names the accepted range
+            raise PftError(str(exc), field=p.name) from None
+    return sorted(set(value), key=um.unit_names.index)
+
+
+def _check_angles(p: StrategyParam, value: Any, um: UnitMap | None) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise PftError(
+            f"{p.name} must map unit names to degrees (from a full fine-tuning run)", field=p.name
+        )
+    if um is None:
+        return dict(value)
+    for name in um.unit_names:
+        if name not in value:
+            raise PftError(f"{p.name} are missing unit {name!r}", field=p.name)
+    return {n: float(value[n]) for n in um.unit_names}
+
+
+def _check_job(p: StrategyParam, value: Any, _: UnitMap | None) -> int:
+    if not _is_int(value) or value < 1:
+        raise p._fail("a job id (an integer >= 1)", value)
+    return value
+
+
+_KIND_CHECKS: dict[str, Callable[[StrategyParam, Any, UnitMap | None], Any]] = {
+    "int": lambda p, v, _: _check_number(p, v, integer=True),
+    "float": lambda p, v, _: _check_number(p, v, integer=False),
+    "choice": _check_choice,
+    "units": _check_units,
+    "angles": _check_angles,
+    "job": _check_job,
+}
+
+
+def _unknown_param(owner: str, declared: tuple[StrategyParam, ...], name: str) -> PftError:
+    accepted = ", ".join(p.name for p in declared) or "none"
+    return PftError(f"{owner} takes no parameter {name!r}; accepted: {accepted}", field=name)
+
+
+def check_params(
+    owner: str,
+    declared: tuple[StrategyParam, ...],
+    given: Mapping[str, Any] | None,
+    um: UnitMap | None = None,
+    *,
+    missing: Callable[[StrategyParam], PftError] | None = None,
+) -> dict[str, Any]:
+    """``given`` checked against the ``declared`` parameters of ``owner`` (a strategy, a soup
+    method), defaults filled in; PftError with ``field`` for an unknown, bad or missing one
+    (``missing(param)`` builds the error for a required parameter without a value)."""
+    given = dict(given or {})
+    known = {p.name for p in declared}
+    for name in given:
+        if name not in known:
+            raise _unknown_param(owner, declared, name)
+    out: dict[str, Any] = {}
+    for p in declared:
+        value = given.get(p.name, p.default)
+        if value is None:
+            if p.required:
+                if missing is not None:
+                    raise missing(p)
+                raise PftError(f"{owner} needs {p.name}: {p.description}", field=p.name)
+            continue
+        out[p.name] = p.check(value, um)
+    return out
 
 
 @dataclass(frozen=True)
@@ -41,6 +185,38 @@ class Strategy:
     select: Callable[[UnitMap, dict[str, Any]], list[str]] = field(repr=False)
     params: tuple[StrategyParam, ...] = ()
     tunes_stem: bool = False  # stem and final norm, only for full fine-tuning
+    paper: bool = False  # one of the paper's eight manual strategies
+    # Its runs move every unit, so their final angles can rank units (a valid reference run);
+    # units a partial run froze have an angle of exactly 0: no ranking information.
+    measures_all: bool = False
+
+    def param(self, name: str) -> StrategyParam:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise _unknown_param(f"strategy {self.name!r}", self.params, name)
+
+    def takes(self, name: str) -> bool:
+        return any(p.name == name for p in self.params)
+
+    def missing(self, params: Mapping[str, Any]) -> list[StrategyParam]:
+        """Required parameters without a value in ``params``."""
+        return [p for p in self.params if p.required and params.get(p.name) is None]
+
+    def _missing_error(self, p: StrategyParam) -> PftError:
+        asker = next((q for q in self.params if q.fills == p.name), None)
+        if not p.public and asker is not None:  # ask for what the user can give
+            return PftError(
+                f"strategy {self.name!r} needs {asker.name}: {asker.description}",
+                field=asker.name,
+            )
+        return PftError(f"strategy {self.name!r} needs {p.name}: {p.description}", field=p.name)
+
+    def validate(self, um: UnitMap, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters checked against ``um``, with defaults filled in (PftError otherwise)."""
+        return check_params(
+            f"strategy {self.name!r}", self.params, params, um, missing=self._missing_error
+        )
 
 
 @dataclass(frozen=True)
@@ -53,20 +229,29 @@ class Selection:
     tensors: tuple[str, ...]  # every tuned tensor, head included
     tuned_params: int
     total_params: int
+    # True for a preview whose units depend on a value the lab fills at launch (a reference
+    # job's angles) that was not given: the counts are exact, the unit names a placeholder.
+    provisional: bool = False
 
     @property
     def tuned_fraction(self) -> float:
         return self.tuned_params / self.total_params
 
     def to_dict(self, description: str = "") -> dict:
+        hidden = {p.name for p in get_strategy(self.strategy).params if not p.public}
         return {
             "name": self.strategy,
             "description": description,
-            "params": {k: v for k, v in self.params.items() if k != "angles"},
+            "params": {k: v for k, v in self.params.items() if k not in hidden},
             "tuned_params": self.tuned_params,
             "tuned_fraction": self.tuned_fraction,
             "units": list(self.units),
+            "provisional": self.provisional,
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# the strategies
 
 
 def _half(um: UnitMap, which: str) -> set[int]:
@@ -80,6 +265,10 @@ def _manual(kinds: tuple[str, ...], blocks: str) -> Callable[[UnitMap, dict], li
         return [u.name for u in um.units if u.kind in kinds and u.block in keep]
 
     return select
+
+
+def _smallest_group(um: UnitMap) -> int:
+    return min(len(us) for us in um.groups.values())
 
 
 def _angle_topk(um: UnitMap, p: dict) -> list[str]:
@@ -99,140 +288,226 @@ def _custom(um: UnitMap, p: dict) -> list[str]:
     return list(p["units"])
 
 
-_K = StrategyParam("k", "int", "units tuned per group", default=None, minimum=1)
-_ORDER = StrategyParam(
-    "order", "choice", "largest angles (hard tasks) or smallest (easy tasks)", "smallest", ORDERS
+_TOPK_PARAMS = (
+    StrategyParam(
+        "k",
+        "int",
+        "units tuned per group",
+        minimum=1,
+        required=True,
+        suggest=lambda um: max(1, _smallest_group(um) // 2),
+        maximum_for=_smallest_group,
+    ),
+    StrategyParam(
+        "order",
+        "choice",
+        "largest angles (hard tasks) or smallest (easy tasks)",
+        default="smallest",
+        choices=ORDERS,
+    ),
+    StrategyParam(
+        "angles",
+        "angles",
+        "per-unit fine-tuned angles from a full fine-tuning run",
+        required=True,
+        public=False,
+    ),
+    StrategyParam(
+        "reference_job",
+        "job",
+        "a succeeded full fine-tuning job whose final unit angles rank the units",
+        fills="angles",
+    ),
 )
-_ANGLES = StrategyParam(
-    "angles", "angles", "per-unit fine-tuned angles from a full fine-tuning run"
-)
-_UNITS = StrategyParam("units", "units", "the units to tune, e.g. ATTN.0, FFN.11")
 
 _ALL: list[Strategy] = [
     Strategy(
-        "full",
+        FULL_FINETUNING,
         "Tune every parameter (full fine-tuning)",
         _manual(("ATTN", "FFN"), "all"),
         tunes_stem=True,
+        measures_all=True,
     ),
     Strategy("linear_probe", "Tune only the new classifier head", lambda um, p: []),
-    Strategy("attn_only", "Tune every ATTN unit (+ head)", _manual(("ATTN",), "all")),
-    Strategy("ffn_only", "Tune every FFN unit (+ head)", _manual(("FFN",), "all")),
+    Strategy("attn_only", "Tune every ATTN unit (+ head)", _manual(("ATTN",), "all"), paper=True),
+    Strategy("ffn_only", "Tune every FFN unit (+ head)", _manual(("FFN",), "all"), paper=True),
     Strategy(
         "attn_first_half",
         "Tune ATTN units of the first half of the blocks",
         _manual(("ATTN",), "first"),
+        paper=True,
     ),
     Strategy(
         "attn_last_half",
         "Tune ATTN units of the last half of the blocks",
         _manual(("ATTN",), "last"),
+        paper=True,
     ),
     Strategy(
         "ffn_first_half",
         "Tune FFN units of the first half of the blocks",
         _manual(("FFN",), "first"),
+        paper=True,
     ),
     Strategy(
-        "ffn_last_half", "Tune FFN units of the last half of the blocks", _manual(("FFN",), "last")
+        "ffn_last_half",
+        "Tune FFN units of the last half of the blocks",
+        _manual(("FFN",), "last"),
+        paper=True,
     ),
     Strategy(
         "blocks_first_half",
         "Tune ATTN and FFN units of the first half of the blocks",
         _manual(("ATTN", "FFN"), "first"),
+        paper=True,
     ),
     Strategy(
         "blocks_last_half",
         "Tune ATTN and FFN units of the last half of the blocks",
         _manual(("ATTN", "FFN"), "last"),
+        paper=True,
     ),
     Strategy(
         "angle_topk",
         "FAPFT: tune the top-K units per group ranked by fine-tuned angle",
         _angle_topk,
-        params=(_K, _ORDER, _ANGLES),
+        params=_TOPK_PARAMS,
     ),
-    Strategy("custom", "Tune an explicit set of units", _custom, params=(_UNITS,)),
+    Strategy(
+        "custom",
+        "Tune an explicit set of units",
+        _custom,
+        params=(
+            StrategyParam(
+                "units", "units", "the units to tune, e.g. ATTN.0, FFN.11", required=True
+            ),
+        ),
+    ),
 ]
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in _ALL}
-MANUAL_STRATEGIES = tuple(s.name for s in _ALL[2:10])  # the paper's eight
+
+
+def manual_strategies() -> tuple[str, ...]:
+    """The paper's eight manual strategies, in registry order."""
+    return tuple(s.name for s in _ALL if s.paper)
+
+
+MANUAL_STRATEGIES = manual_strategies()
+
+
+def reference_strategies() -> tuple[str, ...]:
+    """Strategies whose runs can serve as a reference (their angles rank every unit)."""
+    return tuple(s.name for s in _ALL if s.measures_all)
 
 
 def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, STRATEGIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise PftError(
-            f"unknown strategy {name!r}{hint}; accepted: {', '.join(STRATEGIES)}"
-        ) from None
+    except (KeyError, TypeError):
+        raise unknown_name("strategy", name, STRATEGIES, field="name") from None
 
 
-def validate_params(um: UnitMap, strategy: Strategy, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Checks a strategy's parameters against a unit map; returns them with defaults filled."""
-    known = {p.name for p in strategy.params}
-    extra = sorted(set(params) - known)
-    if extra:
-        accepted = ", ".join(sorted(known)) or "none"
-        raise PftError(
-            f"strategy {strategy.name!r} takes no parameter {extra[0]!r}; accepted: {accepted}"
-        )
-    out = {p.name: params.get(p.name, p.default) for p in strategy.params}
-    if strategy.name == "angle_topk":
-        smallest = min(len(us) for us in um.groups.values())
-        k = out["k"]
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= smallest:
-            raise PftError(
-                f"k must be an integer from 1 to {smallest} (units per group), got {k!r}"
-            )
-        if out["order"] not in ORDERS:
-            raise PftError(f"order must be one of {', '.join(ORDERS)}, got {out['order']!r}")
-        angles = out["angles"]
-        if not isinstance(angles, Mapping):
-            raise PftError("angles must map unit names to degrees (from a full fine-tuning run)")
-        for name in um.unit_names:
-            if name not in angles:
-                raise PftError(f"angles are missing unit {name!r}")
-        out["angles"] = {n: float(angles[n]) for n in um.unit_names}
-    if strategy.name == "custom":
-        units = out["units"]
-        if not isinstance(units, list | tuple) or not all(isinstance(u, str) for u in units):
-            raise PftError("units must be a list of unit names such as 'ATTN.0' or 'FFN.3'")
-        for u in units:
-            um.unit(u)  # raises with the accepted range
-        out["units"] = sorted(set(units), key=um.unit_names.index)
-    return out
+# ---------------------------------------------------------------------------------------------
+# resolving
 
 
-def resolve_strategy(um: UnitMap, name: str, **params: Any) -> Selection:
-    """Resolves a strategy against a unit map to the exact set of tuned units and tensors."""
-    strategy = get_strategy(name)
-    params = validate_params(um, strategy, params)
-    units = strategy.select(um, params)
-    order = um.unit_names
-    units = sorted(units, key=order.index)
+def _selection(um: UnitMap, strategy: Strategy, params: dict, provisional: bool) -> Selection:
+    units = sorted(strategy.select(um, params), key=um.unit_names.index)
     if strategy.tunes_stem:
         tensors = list(um.shapes)
     else:
         tensors = [t for u in units for t in um.unit(u).tensors] + list(um.head)
     return Selection(
-        strategy=name,
+        strategy=strategy.name,
         params=params,
         units=tuple(units),
         tensors=tuple(tensors),
         tuned_params=um.count(tensors),
         total_params=um.total_params,
+        provisional=provisional,
     )
 
 
+def resolve_strategy(um: UnitMap, name: str, **params: Any) -> Selection:
+    """Resolves a strategy against a unit map to the exact set of tuned units and tensors.
+
+    ``params`` may carry lineage the strategy does not use to select (``reference_job``); it is
+    validated and kept in ``Selection.params``.
+    """
+    strategy = get_strategy(name)
+    return _selection(um, strategy, strategy.validate(um, params), provisional=False)
+
+
+def _neutral(p: StrategyParam, um: UnitMap) -> Any:
+    """A placeholder for a value the lab fills at launch: every unit at 0 degrees."""
+    if p.kind == "angles":
+        return dict.fromkeys(um.unit_names, 0.0)
+    raise PftError(f"no placeholder for parameter {p.name!r}", field=p.name)  # pragma: no cover
+
+
+def preview_strategy(um: UnitMap, name: str, **params: Any) -> Selection:
+    """Like `resolve_strategy`, but a missing lab-filled value (a reference job's angles) is
+    replaced by a neutral placeholder and the selection marked ``provisional``: its counts are
+    exact (units of a group have one shape), its unit names a placeholder ranking."""
+    strategy = get_strategy(name)
+    given = dict(params)
+    placeholders = set()
+    for p in strategy.missing(given):
+        if not p.public:
+            given[p.name] = _neutral(p, um)
+            placeholders.add(p.name)
+    selection = _selection(um, strategy, strategy.validate(um, given), bool(placeholders))
+    if placeholders:  # keep the placeholder out of the selection's parameters
+        kept = {k: v for k, v in selection.params.items() if k not in placeholders}
+        selection = replace(selection, params=kept)
+    return selection
+
+
+def suggested_params(um: UnitMap, name: str) -> dict[str, Any]:
+    """Model-dependent suggestions for parameters (``k``: half the smallest group)."""
+    return {p.name: p.suggest(um) for p in get_strategy(name).params if p.suggest is not None}
+
+
+def previewable(name: str, params: Mapping[str, Any]) -> bool:
+    """Whether `preview_strategy` can answer without another value from the user."""
+    return all(not p.public for p in get_strategy(name).missing(params))
+
+
+def prepare_params(
+    name: str, given: Mapping[str, Any], *, fill: Callable[[StrategyParam, Any], Any]
+) -> dict[str, Any]:
+    """A request's parameters made ready to store: checked (without a unit map), defaults set,
+    and every parameter that ``fills`` another resolved through ``fill(param, value)`` (the
+    backend's ``fill`` looks up the reference job and returns its angles). Raises PftError with
+    ``field`` for unknown parameters, bad values and missing required ones."""
+    strategy = get_strategy(name)
+    params: dict[str, Any] = {}
+    for key, value in given.items():
+        p = strategy.param(key)
+        if value is not None:
+            params[key] = p.check(value)
+    for p in strategy.params:
+        if p.fills and p.name in params:
+            params[p.fills] = strategy.param(p.fills).check(fill(p, params[p.name]))
+        elif p.name not in params and p.default is not None:
+            params[p.name] = p.default
+    for p in strategy.missing(params):
+        raise strategy._missing_error(p)
+    return params
+
+
 def catalogue() -> list[dict]:
-    """The strategy catalogue as plain data (names, descriptions, parameters) for UIs and APIs."""
-    return [
-        {
-            "name": s.name,
-            "description": s.description,
-            "params": [{k: v for k, v in vars(p).items() if v not in (None, ())} for p in s.params],
-        }
-        for s in _ALL
-    ]
+    """The registry as plain data shaped like `contract.api.RegistryEntry` (public parameters;
+    a parameter that fills a required one is required itself)."""
+    out = []
+    for s in _ALL:
+        params = []
+        for p in s.params:
+            if not p.public:
+                continue
+            row = p.public_dict()
+            if p.fills and s.param(p.fills).required:
+                row["required"] = True
+            params.append(row)
+        out.append({"name": s.name, "description": s.description, "params": params})
+    return out

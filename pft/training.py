@@ -9,10 +9,10 @@ replays exactly the steps an uninterrupted run would take.
 
 from __future__ import annotations
 
+import json
 import math
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pft.angles import compute_angles
+from pft.angles import AngleReport, angle_rows, compute_angles, unit_rows
+from pft.base_model import build_pretrained
 from pft.checkpoint import delta_metadata, save_delta, write_json
-from pft.config import FinetuneConfig, Hparams
 from pft.dataset_catalog import dataset_info, parse_shift
 from pft.datasets import DatasetSplits, load_dataset
 from pft.errors import PftError
 from pft.evaluation import autocast_for, evaluate_shifts, evaluate_split
+from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.model_catalog import get_spec, unit_map_for
+from pft.model_factory import compute_shape_table
 from pft.preprocess import data_config_for, prepare
-from pft.pretrained import build_pretrained
 from pft.run_state import RunState, clear_state, load_state, save_state
 from pft.strategies import Selection, resolve_strategy
 from pft.units import UnitMap
@@ -43,8 +44,18 @@ class Cancelled(Exception):
 
 
 @dataclass
+class TrainedRun:
+    """What one fine-tuning run computed (the engine's return value behind `finetune`)."""
+
+    summary: dict[str, Any]  # metrics.json
+    angles: list[dict[str, Any]]  # final angle rows, units and tensors (`angle_rows`)
+    trajectory: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # unit rows
+    resumed_from_epoch: int = 0  # epochs a previous attempt had completed (0: a fresh run)
+
+
+@dataclass
 class _Setup:
-    cfg: FinetuneConfig
+    cfg: FinetuneSpec
     data: DatasetSplits
     unit_map: UnitMap
     selection: Selection
@@ -69,7 +80,7 @@ def validate_hparams(h: Hparams) -> None:
 
 
 def setup(
-    cfg: FinetuneConfig, device: torch.device | str | None = None, train_limit: int | None = None
+    cfg: FinetuneSpec, device: torch.device | str | None = None, train_limit: int | None = None
 ) -> _Setup:
     """Validates a config and builds everything a run needs (raises PftError on bad input)."""
     dataset_info(cfg.dataset)
@@ -85,7 +96,9 @@ def setup(
             data.classes,
             *(_take(data.split(n), train_limit) for n in ("train", "heldout", "test")),
         )
-    unit_map = unit_map_for(cfg.model, data.num_classes, cfg.model_overrides, compute=True)
+    unit_map = unit_map_for(
+        cfg.model, data.num_classes, cfg.model_overrides, compute=compute_shape_table
+    )
     selection = resolve_strategy(unit_map, cfg.strategy, **cfg.strategy_params)
     model = build_pretrained(
         cfg.model,
@@ -150,27 +163,41 @@ def _call(callbacks: Any, name: str, *args: Any) -> Any:
 
 
 def finetune(
-    cfg: FinetuneConfig,
+    cfg: FinetuneSpec,
     out_dir: str | Path,
     *,
     device: torch.device | str | None = None,
     callbacks: Any = None,
     train_limit: int | None = None,
 ) -> dict[str, Any]:
-    """Fine-tunes and writes ``delta.safetensors``, ``metrics.json``, ``angles.json``.
+    """Fine-tunes and writes ``delta.safetensors``, ``metrics.json``, ``angles.json``; returns
+    the summary (``metrics.json``). `train` returns everything else the run computed."""
+    return train(cfg, out_dir, device=device, callbacks=callbacks, train_limit=train_limit).summary
 
-    Resumes from ``out_dir/state/`` when a previous run of the same config left one there; a
-    finished run (``metrics.json`` of the same config) returns its summary without training.
+
+def train(
+    cfg: FinetuneSpec,
+    out_dir: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    callbacks: Any = None,
+    train_limit: int | None = None,
+) -> TrainedRun:
+    """Fine-tunes ``cfg`` in ``out_dir``; returns the summary, angle rows and trajectory.
+
+    Resumes from ``out_dir/state/`` when a previous run of the same spec left one there; a
+    finished run (``metrics.json`` of the same spec) is returned without training.
     ``train_limit`` keeps only the first N images of each split (smoke runs and tests).
+    Callbacks (all optional): ``on_progress(info)``, ``on_epoch(epoch, metrics, rows)`` with
+    the epoch's angle rows (units and tensors), called once the epoch's state is saved, and
+    ``should_cancel()`` (True raises `Cancelled` after saving the state).
     """
     out_dir = Path(out_dir)
     done = out_dir / "metrics.json"
     if done.is_file() and (out_dir / "delta.safetensors").is_file():
-        import json
-
         summary = json.loads(done.read_text())
         if summary.get("config") == cfg.to_dict():
-            return summary
+            return _finished(out_dir, summary)
         raise PftError(
             f"{out_dir} holds a finished run with a different configuration; choose another "
             "output folder or delete that one"
@@ -187,6 +214,7 @@ def finetune(
     info = dataset_info(cfg.dataset)
 
     st = load_state(out_dir / "state", cfg.to_dict(), model, opt, s.device) or RunState()
+    resumed = st.epoch
     fwd = torch.compile(model) if h.compile and s.device.type == "cuda" else model
     model.train()
     t_window, n_window = time.perf_counter(), 0
@@ -244,23 +272,42 @@ def finetune(
         metrics["images_per_sec"] = st.train_images / max(st.train_seconds, 1e-9)
         report = _angles(pre, model, s.unit_map)
         st.history.append(metrics)
-        st.trajectory.append({"epoch": epoch + 1, "units": report.units})
+        st.trajectory.append(
+            {"epoch": epoch + 1, "units": report.units, "rel_change": report.rel_change}
+        )
         st.epoch, st.step_in_epoch, st.loss_sum, st.seen = epoch + 1, 0, 0.0, 0
         save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
-        _call(
-            callbacks,
-            "on_epoch",
-            epoch + 1,
-            metrics,
-            {"units": report.units, "tensors": report.tensors},
-        )
-    return _finish(s, out_dir, st, pre)
+        _call(callbacks, "on_epoch", epoch + 1, metrics, report.rows(s.unit_map))
+    return _finish(s, out_dir, st, pre, resumed)
 
 
-def _finish(s: _Setup, out_dir: Path, st: RunState, pre: dict[str, torch.Tensor]) -> dict:
+def _trajectory(
+    points: list[dict], unit_map: UnitMap | None = None, where: dict | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    return {
+        int(p["epoch"]): unit_rows(p["units"], p.get("rel_change") or {}, unit_map, where)
+        for p in points
+    }
+
+
+def _finished(out_dir: Path, summary: dict[str, Any]) -> TrainedRun:
+    """A run that an earlier call finished: its results, as that call returned them."""
+    angles = json.loads((out_dir / "angles.json").read_text())
+    where = {u["name"]: (u.get("group"), u.get("block")) for u in angles.get("units", [])}
+    return TrainedRun(
+        summary=summary,
+        angles=angle_rows(angles),
+        trajectory=_trajectory(angles.get("trajectory", []), where=where),
+        resumed_from_epoch=len(summary.get("epochs", [])),
+    )
+
+
+def _finish(
+    s: _Setup, out_dir: Path, st: RunState, pre: dict[str, torch.Tensor], resumed: int
+) -> TrainedRun:
     cfg, model = s.cfg, s.model
     shifts = evaluate_shifts(model, s.data.test, s.data_config, s.device, cfg.shifts)
-    report = _angles(pre, model, s.unit_map)
+    report: AngleReport = _angles(pre, model, s.unit_map)
     params = dict(model.named_parameters())
     meta = delta_metadata(
         base_model=cfg.model,
@@ -271,7 +318,7 @@ def _finish(s: _Setup, out_dir: Path, st: RunState, pre: dict[str, torch.Tensor]
         strategy_params=s.selection.params,
         dataset=cfg.dataset,
         data_config=s.data_config,
-        hparams=cfg.hparams.__dict__,
+        hparams=cfg.hparams.to_dict(),
     )
     save_delta(out_dir / "delta.safetensors", {t: params[t] for t in s.selection.tensors}, meta)
     angles = {
@@ -298,13 +345,16 @@ def _finish(s: _Setup, out_dir: Path, st: RunState, pre: dict[str, torch.Tensor]
         "images_per_sec": last["images_per_sec"],
         "train_seconds": st.train_seconds,
         "epochs": st.history,
-        "files": {"delta": "delta.safetensors", "metrics": "metrics.json", "angles": "angles.json"},
+        "files": dict(FILES),
     }
     write_json(out_dir / "metrics.json", summary)
     clear_state(out_dir / "state")
-    return summary
+    return TrainedRun(
+        summary=summary,
+        angles=report.rows(s.unit_map),
+        trajectory=_trajectory(st.trajectory, s.unit_map),
+        resumed_from_epoch=resumed,
+    )
 
 
-def remove_outputs(out_dir: Path) -> None:
-    """Deletes a run folder (used by the CLI when a run it started fails)."""
-    shutil.rmtree(out_dir, ignore_errors=True)
+FILES = {"delta": "delta.safetensors", "metrics": "metrics.json", "angles": "angles.json"}

@@ -6,7 +6,6 @@ is opened lazily, and a delta checkpoint is seen through an overlay on its pre-t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,18 +76,11 @@ def shape_of(weights: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
     return tuple(weights[name].shape)
 
 
-def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
-    """safetensors metadata values are strings; structured ones are JSON."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            out[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            out[key] = value
-    return out
-
-
 def open_weights(path: Path) -> tuple[SafetensorsWeights, dict[str, Any]]:
+    """A lazy view of a safetensors file and its metadata (a delta's structured values decoded
+    by `pft.checkpoint.decode_metadata`, the one decoder)."""
+    from pft.checkpoint import decode_metadata
+
     weights = SafetensorsWeights(path)
     return weights, decode_metadata(weights.metadata)
 
@@ -101,12 +93,14 @@ def pretrained_weights_for(
         return SafetensorsWeights(Path(pretrained))
     if weights_file is not None:
         return SafetensorsWeights(weights_file)
+    from pft.checkpoint import decode_metadata
+
     meta = decode_metadata(finetuned.metadata)
     num_classes = 1
     for head in ("head.weight", "head.fc.weight"):
         if head in finetuned:
             num_classes = finetuned.shape(head)[0]
-    from pft.pretrained import build_pretrained
+    from pft.base_model import build_pretrained
 
     model = build_pretrained(
         pretrained,

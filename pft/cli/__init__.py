@@ -4,7 +4,7 @@ Each module registers its commands on `pft.cli.app.app`; torch is imported insid
 that torch-free commands start fast.
 """
 
-from pft.cli import reproduce, science, train  # noqa: F401  (register commands)
+from pft.cli import reproduce, science, soup, train  # noqa: F401  (register commands)
 from pft.cli.app import app
 
 __all__ = ["app"]

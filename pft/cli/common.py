@@ -8,6 +8,8 @@ import typer
 
 OVERRIDE = typer.Option(None, "--override", help="timm keyword override KEY=VALUE (repeatable)")
 JSON = typer.Option(False, "--json", help="print the stable JSON contract")
+SHIFT = typer.Option(None, "--shift", help="shift NAME or NAME:SEVERITY (repeatable), e.g. blur:3")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
 def fail(message: str) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from pft.cli.app import app
 from pft.errors import PftError
+from pft.reproduce.plan import FULL_PRESET
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -39,7 +40,7 @@ def _fail(message: str) -> None:
 def reproduce(
     ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="the CI preset: minutes, test model"),
-    preset: str = typer.Option("full", help="quick, reduced (~35 min CPU) or full (~2 h CPU)"),
+    preset: str = typer.Option(FULL_PRESET, help="quick, reduced (~35 min CPU) or full (~2 h CPU)"),
     out: Path = typer.Option(None, help="study folder (default: $PFT_DATA_DIR/reproduce/PRESET)"),
     seeds: int = typer.Option(None, help="seeds per strategy (overrides the preset)"),
     epochs: int = typer.Option(None, help="epochs per run on every target (overrides)"),

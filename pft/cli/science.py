@@ -1,4 +1,4 @@
-"""CLI commands on names and weights: units, strategies, angles, uniform and masked soups."""
+"""CLI commands on names and weights: units, strategies, angles."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from pft.cli.app import app
 from pft.cli.common import JSON, OVERRIDE, fail, parse_overrides, print_table
 from pft.errors import PftError
 
-soup_app = typer.Typer(help="Build model soups from delta checkpoints.", no_args_is_help=True)
-app.add_typer(soup_app, name="soup")
-
 
 def _unit_map(model: str, num_classes: int, override: list[str] | None):
     from pft.model_catalog import unit_map_for
+    from pft.model_factory import compute_shape_table
 
     try:
-        return unit_map_for(model, num_classes, parse_overrides(override), compute=True)
+        return unit_map_for(
+            model, num_classes, parse_overrides(override), compute=compute_shape_table
+        )
     except PftError as exc:
         fail(str(exc))
 
@@ -52,31 +52,29 @@ def strategies(
     model: str,
     num_classes: int = NUM_CLASSES,
     override: list[str] = OVERRIDE,
-    k: int = typer.Option(None, help="angle_topk K per group (default: half the smallest group)"),
-    units: list[str] = typer.Option(None, "--unit", help="units for `custom` (repeatable)"),
+    k: int = typer.Option(None, help="units per group of ranked strategies (default: suggested)"),
+    units: list[str] = typer.Option(None, "--unit", help="units of explicit strategies"),
     as_json: bool = JSON,
 ) -> None:
     """Every built-in strategy resolved on MODEL: tuned units and tuned parameters.
 
-    angle_topk's count does not depend on the angles (units of a group have one shape), so it is
-    shown for any ranking; custom is shown when --unit is given.
+    Parameters not given take the registry's suggestion (K: half the smallest group). A
+    ranking by angles needs a reference run, so those rows are provisional: the counts are
+    exact (units of a group have one shape), the unit names a placeholder. Strategies that
+    need a value with no suggestion (explicit units) are shown when it is given.
     """
-    from pft.strategies import STRATEGIES, resolve_strategy
+    from pft.strategies import STRATEGIES, preview_strategy, previewable, suggested_params
 
     um = _unit_map(model, num_classes, override)
-    smallest = min(len(g) for g in um.groups.values())
-    k = k if k is not None else max(1, smallest // 2)
+    given = {"k": k, "units": list(units) if units else None}
     rows = []
     for name, strategy in STRATEGIES.items():
-        params: dict = {}
-        if name == "angle_topk":
-            params = {"k": k, "order": "largest", "angles": dict.fromkeys(um.unit_names, 0.0)}
-        elif name == "custom":
-            if not units:
-                continue
-            params = {"units": list(units)}
+        params = {n: v for n, v in given.items() if v is not None and strategy.takes(n)}
+        params = suggested_params(um, name) | params
+        if not previewable(name, params):
+            continue
         try:
-            rows.append(resolve_strategy(um, name, **params).to_dict(strategy.description))
+            rows.append(preview_strategy(um, name, **params).to_dict(strategy.description))
         except PftError as exc:
             fail(str(exc))
     if as_json:
@@ -138,43 +136,3 @@ def angles(
         [[u["name"], f"{u['angle_deg']:.4f}", f"{u['rel_change']:.3e}"] for u in data["units"]],
         ["unit", "angle (deg)", "rel change"],
     )
-
-
-def build_soup_file(method: str, checkpoints: list[Path], out: Path) -> dict:
-    """Averages delta checkpoints into a new delta checkpoint at ``out``; returns its metadata."""
-    from pft.checkpoint import base_from_meta, load_delta, same_base, save_delta
-    from pft.soups import masked_soup, uniform_soup
-
-    if len(checkpoints) < 2:
-        raise PftError("a soup needs at least two checkpoints")
-    metas = [load_delta(p)[1] for p in checkpoints]
-    same_base(metas)
-    base = {k: v.detach() for k, v in base_from_meta(metas[0]).state_dict().items()}
-    deltas = (load_delta(p)[0] for p in checkpoints)  # streamed: one ingredient at a time
-    soup = uniform_soup(deltas, base) if method == "uniform" else masked_soup(deltas, base)
-    meta = dict(metas[0]) | {
-        "strategy": f"soup:{method}",
-        "strategy_params": {"ingredients": [str(p) for p in checkpoints]},
-    }
-    save_delta(out, soup, meta)
-    return meta
-
-
-@soup_app.command("uniform")
-def soup_uniform(checkpoints: list[Path], out: Path = typer.Option(..., "--out")) -> None:
-    """Uniform soup: the average of all ingredients (Wortsman et al. 2022)."""
-    _soup("uniform", checkpoints, out)
-
-
-@soup_app.command("masked")
-def soup_masked(checkpoints: list[Path], out: Path = typer.Option(..., "--out")) -> None:
-    """Masked soup: each tensor averaged over the ingredients that tuned it."""
-    _soup("masked", checkpoints, out)
-
-
-def _soup(method: str, checkpoints: list[Path], out: Path) -> None:
-    try:
-        build_soup_file(method, checkpoints, out)
-    except PftError as exc:
-        fail(str(exc))
-    typer.echo(f"{method} soup of {len(checkpoints)} checkpoints written to {out}")

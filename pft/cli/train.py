@@ -1,4 +1,4 @@
-"""CLI commands that train and evaluate: pretrain, finetune, evaluate, soup greedy."""
+"""CLI commands that train and evaluate: pretrain, finetune, evaluate, datasets."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from typing import Any
 import typer
 
 from pft.cli.app import app
-from pft.cli.common import JSON, OVERRIDE, fail, parse_overrides, print_table
-from pft.cli.science import soup_app
+from pft.cli.common import DEVICE, JSON, OVERRIDE, SHIFT, fail, parse_overrides, print_table
 from pft.errors import PftError
-
-SHIFT = typer.Option(None, "--shift", help="shift NAME or NAME:SEVERITY (repeatable), e.g. blur:3")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+from pft.strategies import DEFAULT_STRATEGY
 
 
 class _Progress:
@@ -40,7 +37,7 @@ class _Progress:
         self.bar.update(info["step"] - self.bar.n)
         self.bar.set_postfix(epoch=info["epoch"], img_s=f"{info['images_per_sec']:.0f}")
 
-    def on_epoch(self, epoch: int, metrics: dict, angles: dict) -> None:
+    def on_epoch(self, epoch: int, metrics: dict, angles: list[dict]) -> None:
         if self.quiet:
             return
         line = (
@@ -87,21 +84,23 @@ def pretrain(
         )
 
 
-def _reference_angles(path: Path) -> dict[str, float]:
+def _reference_angles(path: Path, strategy: str) -> dict[str, float]:
     """Per-unit angles from an angles.json (or a run folder holding one)."""
+    from pft.strategies import reference_strategies
+
+    allowed = reference_strategies()
     path = path / "angles.json" if path.is_dir() else path
     if not path.is_file():
         raise PftError(
             f"--reference {str(path)!r} does not exist (give an angles.json or a run "
-            "folder of a full fine-tuning run)"
+            f"folder of a {' or '.join(allowed)} fine-tuning run)"
         )
     try:
         data = json.loads(path.read_text())
-        if data.get("strategy", "full") != "full":
-            # Units a partial run froze have an angle of exactly 0: no ranking information.
+        if data.get("strategy", allowed[0]) not in allowed:
             raise PftError(
-                f"--reference {str(path)!r} comes from a {data['strategy']!r} run; angle_topk "
-                "ranks units by the angles of a full fine-tuning run"
+                f"--reference {str(path)!r} comes from a {data['strategy']!r} run; {strategy} "
+                f"ranks units by the angles of a {' or '.join(allowed)} fine-tuning run"
             )
         units = data["units"]
         if isinstance(units, dict):
@@ -115,16 +114,20 @@ def _reference_angles(path: Path) -> dict[str, float]:
 def finetune(
     model: str = typer.Option(..., "--model", help="catalogue or timm model name"),
     dataset: str = typer.Option(..., "--dataset", help="dataset name (see `pft datasets`)"),
-    strategy: str = typer.Option("full", "--strategy", help="strategy (see `pft strategies`)"),
+    strategy: str = typer.Option(
+        DEFAULT_STRATEGY, "--strategy", help="strategy (see `pft strategies`)"
+    ),
     out: Path = typer.Option(..., "--out", help="run folder for delta, metrics and angles"),
-    k: int = typer.Option(None, "--k", help="angle_topk: units tuned per group"),
-    order: str = typer.Option(None, "--order", help="angle_topk: largest or smallest"),
+    k: int = typer.Option(None, "--k", help="ranked strategies: units tuned per group"),
+    order: str = typer.Option(None, "--order", help="ranked strategies: largest or smallest"),
     reference: Path = typer.Option(
         None,
         "--reference",
-        help="angle_topk: angles.json of a full fine-tuning run (or its folder)",
+        help="ranked strategies: angles.json of a full fine-tuning run (or its folder)",
     ),
-    units: str = typer.Option(None, "--units", help="custom: comma-separated units, ATTN.0,FFN.3"),
+    units: str = typer.Option(
+        None, "--units", help="explicit strategies: comma-separated units, ATTN.0,FFN.3"
+    ),
     epochs: int = typer.Option(None, "--epochs"),
     lr: float = typer.Option(None, "--lr"),
     batch_size: int = typer.Option(None, "--batch-size"),
@@ -140,7 +143,8 @@ def finetune(
     as_json: bool = JSON,
 ) -> None:
     """Fine-tune a model on a dataset with one strategy; writes delta, metrics and angles."""
-    from pft.config import FinetuneConfig, Hparams
+    from pft.jobs.specs import FinetuneSpec, Hparams
+    from pft.strategies import get_strategy
 
     hp = {
         k_: v
@@ -149,19 +153,25 @@ def finetune(
         ).items()
         if v is not None
     }
-    params: dict[str, Any] = {}
+    # The options name registry parameters; --reference gives the strategy's angles.
+    params: dict[str, Any] = {
+        n: v
+        for n, v in {
+            "k": k,
+            "order": order,
+            "units": [u.strip() for u in units.split(",") if u.strip()] if units else None,
+        }.items()
+        if v is not None
+    }
     try:
-        if k is not None:
-            params["k"] = k
-        if order is not None:
-            params["order"] = order
         if reference is not None:
-            params["angles"] = _reference_angles(reference)
-        if units is not None:
-            params["units"] = [u.strip() for u in units.split(",") if u.strip()]
+            takes = [p.name for p in get_strategy(strategy).params if p.kind == "angles"]
+            if not takes:
+                raise PftError(f"strategy {strategy!r} takes no --reference (it ranks nothing)")
+            params[takes[0]] = _reference_angles(reference, strategy)
     except PftError as exc:
         fail(str(exc))
-    cfg = FinetuneConfig(
+    cfg = FinetuneSpec(
         model=model,
         dataset=dataset,
         strategy=strategy,
@@ -233,46 +243,6 @@ def evaluate(
     rows += [[n, f"{m['acc']:.4f}", f"{m['loss']:.4f}"] for n, m in result["shifts"].items()]
     typer.echo(f"{checkpoint} on {dataset} ({split}):")
     print_table(rows, ["shift", "acc", "loss"])
-
-
-@soup_app.command("greedy")
-def soup_greedy(
-    checkpoints: list[Path] = typer.Argument(..., help="delta checkpoints of one base model"),
-    dataset: str = typer.Option(None, "--dataset", help="default: the checkpoints' dataset"),
-    out: Path = typer.Option(None, "--out", help="write the soup as a delta checkpoint"),
-    shift: list[str] = SHIFT,
-    device: str = DEVICE,
-    as_json: bool = JSON,
-) -> None:
-    """Greedy soup (Wortsman et al. 2022): add ingredients by held-out accuracy while it rises."""
-    from pft.soup_eval import greedy_soup_run
-
-    try:
-        result = greedy_soup_run(checkpoints, dataset, shifts=shift or [], out=out, device=device)
-    except PftError as exc:
-        fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    rows = [
-        [
-            t["order"],
-            str(checkpoints[t["ingredient"]]),
-            f"{t['individual_score']:.4f}",
-            f"{t['candidate_score']:.4f}",
-            "added" if t["accepted"] else "skipped",
-        ]
-        for t in result["trace"]
-    ]
-    print_table(rows, ["step", "ingredient", "alone (held-out)", "soup (held-out)", ""])
-    typer.echo(
-        f"greedy soup of {len(result['selected'])} / {len(checkpoints)}: held-out acc "
-        f"{result['heldout_acc']:.4f}, test acc {result['test_acc']:.4f}"
-    )
-    for name, m in result["shifts"].items():
-        typer.echo(f"  shift {name}: acc {m['acc']:.4f}")
-    if out:
-        typer.echo(f"wrote {out}")
 
 
 @app.command()

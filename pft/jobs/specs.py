@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from contract.vocab import JobKind
 from pft.errors import PftError
+from pft.strategies import DEFAULT_STRATEGY
 
 
 def _known(cls: type, d: dict[str, Any], what: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ class FinetuneSpec:
 
     model: str  # catalogue or timm name
     dataset: str  # dataset catalogue name (pft.dataset_catalog)
-    strategy: str = "full"  # a name of the strategy registry (pft.strategies)
+    strategy: str = DEFAULT_STRATEGY  # a name of the strategy registry (pft.strategies)
     # The strategy's parameters as resolved: defaults filled in, units in depth order, and for a
     # reference job its per-unit angles next to its id, so that the spec is self-contained.
     strategy_params: dict[str, Any] = field(default_factory=dict)

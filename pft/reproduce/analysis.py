@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pft.reproduce.plan import BASE_STRATEGIES, family
+from pft.reproduce.plan import (
+    ATTN_ONLY,
+    BASE_STRATEGIES,
+    BLOCK_HALVES,
+    FFN_ONLY,
+    FULL,
+    GREEDY_SOUP,
+    STUDY_SOUPS,
+    TOPK,
+    family,
+)
 from pft.reproduce.results import Record, choose_lrs, main_records, mean_angles, unit_order
 from pft.reproduce.stats import (
     Spread,
@@ -183,7 +193,7 @@ def analyse_dataset(
     chosen = choose_lrs(records)
     rows = strategy_rows(records, chosen)
     front = pareto_front([(float(r.tuned_params), r.test.mean) for r in rows])
-    fulls = [r for r in main_records(records, chosen) if r.label == "full"]
+    fulls = [r for r in main_records(records, chosen) if r.label == FULL]
     units = unit_order(fulls)
     cheap = [r for r in records if r.spec.phase == "cheap"]
     out = DatasetAnalysis(
@@ -224,11 +234,11 @@ def _best(rows: Sequence[StrategyRow]) -> StrategyRow | None:
 
 
 def claim1(a: DatasetAnalysis) -> dict[str, Any]:
-    full = a.row("full")
+    full = a.row(FULL)
     if full is None:
         return {"verdict": "inconclusive", "details": ["no full fine-tuning runs"]}
     comps = {}
-    for label in ("attn_only", "ffn_only"):
+    for label in (ATTN_ONLY, FFN_ONLY):
         row = a.row(label)
         if row is not None:
             diff, word = compare(row.test, full.test)
@@ -259,9 +269,9 @@ def claim1(a: DatasetAnalysis) -> dict[str, Any]:
 
 
 def claim2(a: DatasetAnalysis) -> dict[str, Any]:
-    topk = [r for r in a.rows if r.family == "angle_topk"]
+    topk = [r for r in a.rows if r.family == TOPK]
     manual = [r for r in a.rows if r.family == "manual"]
-    full = a.row("full")
+    full = a.row(FULL)
     if not topk or full is None:
         return {"verdict": "inconclusive", "orders": {}}
     orders: dict[str, dict[str, Any]] = {}
@@ -276,7 +286,7 @@ def claim2(a: DatasetAnalysis) -> dict[str, Any]:
     # Same tuned parameters: K = depth/2 per group against the two half-depth strategies.
     same_budget = {}
     for r in topk:
-        for label in ("blocks_first_half", "blocks_last_half"):
+        for label in BLOCK_HALVES:
             m = a.row(label)
             if m is not None and m.tuned_params == r.tuned_params:
                 same_budget.setdefault(r.label, {})[label] = compare(r.test, m.test)
@@ -328,9 +338,9 @@ def soup_rows(soups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "shift": sum(shift_mean(i) for i in ind) / len(ind),
                 "heldout": sum(i["heldout"] for i in ind) / len(ind),
             },
-            "greedy_size": len(s["greedy"]["selected"]),
+            "greedy_size": len(s[GREEDY_SOUP]["selected"]),
         }
-        for method in ("uniform", "greedy", "masked"):
+        for method in STUDY_SOUPS:
             if s.get(method):
                 row[method] = {
                     "test": s[method]["test"],
@@ -348,13 +358,13 @@ def claim3(a: DatasetAnalysis) -> dict[str, Any]:
     wins_test, wins_shift, total = 0, 0, 0
     for row in rows:
         soup = max(
-            (row[m] for m in ("greedy", "uniform", "masked") if m in row),
+            (row[m] for m in STUDY_SOUPS if m in row),
             key=lambda v: v["heldout"],
         )  # the soup method chosen on held-out
         total += 1
         wins_test += soup["test"] > row["best"]["test"]
         wins_shift += soup["shift"] > row["best"]["shift"]
-    partial = [r for r in rows if r["name"] != "full"]
+    partial = [r for r in rows if r["name"] != FULL]
     if wins_test == total and wins_shift == total:
         verdict = "supported"
     elif wins_test or wins_shift:

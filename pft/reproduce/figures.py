@@ -4,20 +4,32 @@ with the Pareto front, fine-tuned angle heatmaps, soup bars and the cheap-angle 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from pft.reproduce.analysis import DatasetAnalysis, soup_rows
+from pft.reproduce.plan import FULL, LINEAR_PROBE, MANUAL, STUDY_SOUPS, TOPK
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib import pyplot as plt
 
-from pft.reproduce.analysis import DatasetAnalysis, soup_rows  # noqa: E402
+
+def _pyplot():  # noqa: ANN202 (the pyplot module)
+    """matplotlib on the Agg backend, imported only when a figure is drawn (the `science`
+    extra installs it; the rest of `pft reproduce` does not need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
 
 DPI = 100
 COLORS = {
-    "full": "#d62728",
-    "linear_probe": "#7f7f7f",
-    "manual": "#1f77b4",
-    "angle_topk": "#2ca02c",
+    FULL: "#d62728",
+    LINEAR_PROBE: "#7f7f7f",
+    MANUAL: "#1f77b4",
+    TOPK: "#2ca02c",
 }
 
 
@@ -25,7 +37,7 @@ def _save(fig: plt.Figure, path: Path, top: float = 1.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -54,7 +66,7 @@ def _labels(ax: plt.Axes, a: DatasetAnalysis) -> None:
 
 
 def accuracy_vs_params(a: DatasetAnalysis, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.8))
     for fam, color in COLORS.items():
         rows = [r for r in a.rows if r.family == fam]
         if rows:
@@ -94,7 +106,7 @@ def angle_heatmap(a: DatasetAnalysis, path: Path) -> Path:
     grid = [[float("nan")] * depth for _ in groups]
     for u in a.units:
         grid[groups.index(u["group"])][u["block"]] = a.angles[u["name"]]
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.6 * depth + 1.5), 1.2 + 0.6 * len(groups)))
+    fig, ax = _pyplot().subplots(figsize=(max(6.5, 0.6 * depth + 1.5), 1.2 + 0.6 * len(groups)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis")
     lo, hi = im.get_clim()
     for gi, row in enumerate(grid):
@@ -126,11 +138,9 @@ def soup_bars(a: DatasetAnalysis, path: Path) -> Path:
     kinds = [
         ("best", "best ingredient"),
         ("mean", "mean ingredient"),
-        ("uniform", "uniform"),
-        ("greedy", "greedy"),
-        ("masked", "masked"),
+        *((m, m) for m in STUDY_SOUPS),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
+    fig, axes = _pyplot().subplots(1, 2, figsize=(9, 3.6), sharey=False)
     width = 0.8 / len(kinds)
     for ax, metric, title in ((axes[0], "test", "test"), (axes[1], "shift", "mean over shifts")):
         for ki, (key, name) in enumerate(kinds):
@@ -155,7 +165,7 @@ def soup_bars(a: DatasetAnalysis, path: Path) -> Path:
 
 def cheap_scatter(a: DatasetAnalysis, path: Path) -> Path:
     pair = a.cheap["pairs"][0]
-    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    fig, ax = _pyplot().subplots(figsize=(4.6, 4.0))
     for group in dict.fromkeys(u["group"] for u in a.units):
         names = [u["name"] for u in a.units if u["group"] == group]
         ax.scatter(

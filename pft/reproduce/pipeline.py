@@ -12,11 +12,10 @@ from typing import Any
 from pft.errors import PftError
 from pft.reproduce.analysis import DatasetAnalysis, analyse_dataset
 from pft.reproduce.estimate import dataset_sizes, estimate_seconds, measure_rates
-from pft.reproduce.figures import write_figures
-from pft.reproduce.plan import PRESETS, Preset, count_plan
+from pft.reproduce.executor import Log, run_study
+from pft.reproduce.plan import FULL_PRESET, PRESETS, Preset, count_plan
 from pft.reproduce.report import write_report
 from pft.reproduce.results import load_records, load_soups
-from pft.reproduce.runner import Log, run_study
 
 
 def shown(path: Path) -> str:
@@ -84,9 +83,9 @@ def analyse(root: Path, preset: Preset) -> list[DatasetAnalysis]:
 
 
 def _preamble(preset: Preset) -> str:
-    if preset.name == "full":
+    if preset.name == FULL_PRESET:
         return "**Preset:** `full`, the study as specified in the issue."
-    full = PRESETS["full"]
+    full = PRESETS[FULL_PRESET]
     targets = ", ".join(
         f"`{t.dataset}` ({t.epochs} epochs"
         + (f", first {t.train_limit} images of each split" if t.train_limit else "")
@@ -122,7 +121,7 @@ def _cost(root: Path, preset: Preset) -> tuple[str, float]:
         f"The {len(records)} runs of this study took {wall / 60:.1f} minutes of wall time "
         "(training and evaluation; soups excluded)."
     ]
-    full = PRESETS["full"]
+    full = PRESETS[FULL_PRESET]
     if records and full.model == preset.model:
         try:
             sizes = dataset_sizes(full) | dataset_sizes(preset)
@@ -185,6 +184,8 @@ def reproduce(
         run_study(preset, root, device=device, progress=progress, log=log)
     report = Path(report) if report else root / "REPRODUCTION.md"
     figures = Path(figures) if figures else report.parent / "img" / "reproduction"
+    from pft.reproduce.figures import write_figures  # matplotlib: only to draw
+
     analyses = analyse(root, preset)
     figs = {a.dataset: write_figures(a, figures) for a in analyses}
     cost, wall = _cost(root, preset)

@@ -1,7 +1,7 @@
 """The study plan: presets and the runs each phase of the reproduction study asks for.
 
 A preset fixes the backbone, the targets, the budget (epochs, seeds), the learning-rate grid of
-each strategy family and the ``angle_topk`` sweep. The phases (see `pft.reproduce.runner`):
+each strategy family and the ``angle_topk`` sweep. The phases (see `pft.reproduce.executor`):
 
 1. ``grid``: every base strategy (full, linear probe, the paper's eight) at every learning rate
    of its family's grid, seed 0;
@@ -21,23 +21,33 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pft.config import FinetuneConfig, Hparams
 from pft.errors import PftError
+from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.strategies import MANUAL_STRATEGIES, ORDERS
 
-BASE_STRATEGIES = ("full", "linear_probe", *MANUAL_STRATEGIES)
-FAMILIES = ("full", "linear_probe", "manual", "angle_topk")
+# The study's strategies (registry names, spelled here once for the whole study): the paper's
+# baselines, its eight manual strategies and FAPFT.
+FULL, LINEAR_PROBE, TOPK = "full", "linear_probe", "angle_topk"
+ATTN_ONLY, FFN_ONLY = "attn_only", "ffn_only"
+BLOCK_HALVES = ("blocks_first_half", "blocks_last_half")
+BASE_STRATEGIES = (FULL, LINEAR_PROBE, *MANUAL_STRATEGIES)
+MANUAL = "manual"  # the learning-rate family of the manual strategies
+FULL_PRESET = "full"  # the preset of the study as the issue specifies it
+# The soups the study builds of each group of runs (`pft.soups` registry names), and those that
+# equal the uniform soup when every ingredient tuned the same tensors (then skipped).
+STUDY_SOUPS = (UNIFORM_SOUP, GREEDY_SOUP, MASKED_SOUP) = ("uniform", "greedy", "masked")
+UNIFORM_WHEN_ALIGNED = (MASKED_SOUP,)
 
 
 def family(strategy: str) -> str:
     """The learning-rate grid family of a strategy."""
-    if strategy in ("full", "linear_probe", "angle_topk"):
+    if strategy in (FULL, LINEAR_PROBE, TOPK):
         return strategy
     if strategy in MANUAL_STRATEGIES:
-        return "manual"
+        return MANUAL
     raise PftError(
         f"strategy {strategy!r} is not part of the study; accepted: "
-        f"{', '.join((*BASE_STRATEGIES, 'angle_topk'))}"
+        f"{', '.join((*BASE_STRATEGIES, TOPK))}"
     )
 
 
@@ -175,10 +185,8 @@ class RunSpec:
         return cls(**{k: v for k, v in d.items() if k in keys})
 
 
-def to_config(
-    spec: RunSpec, preset: Preset, angles: dict[str, float] | None = None
-) -> FinetuneConfig:
-    """The engine configuration of a run (``angles`` are required by ``angle_topk``)."""
+def to_spec(spec: RunSpec, preset: Preset, angles: dict[str, float] | None = None) -> FinetuneSpec:
+    """The fine-tuning spec of a run (``angles`` are required by ``angle_topk``)."""
     params: dict[str, Any] = {}
     if spec.strategy == "angle_topk":
         if angles is None:
@@ -187,7 +195,7 @@ def to_config(
     hp = Hparams(
         epochs=spec.epochs, lr=spec.lr, batch_size=preset.batch_size, seed=spec.seed, head_seed=0
     )  # a shared head initialisation: the runs can be souped
-    return FinetuneConfig(
+    return FinetuneSpec(
         model=preset.model,
         dataset=spec.dataset,
         strategy=spec.strategy,

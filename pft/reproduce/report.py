@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from pft.reproduce.analysis import DatasetAnalysis, soup_rows
-from pft.reproduce.plan import Preset, cheap_epochs
+from pft.reproduce.plan import (
+    ATTN_ONLY,
+    FFN_ONLY,
+    FULL,
+    GREEDY_SOUP,
+    STUDY_SOUPS,
+    Preset,
+    cheap_epochs,
+)
 from pft.reproduce.stats import spread
 
 # Ye et al. 2023, ViT-B/16 (ImageNet-21K) on CIFAR-100, as summarised in PAPER.md.
@@ -21,7 +29,7 @@ PAPER_CIFAR100 = [
     ("FFN-only", 93.98, "56.76M"),
     ("FAPFT (angle top-K, K=7 per group)", 94.30, "49.69M"),
 ]
-PAPER_FGVC_MEAN = {"full": 88.54, "attn_only": 89.48, "ffn_only": 88.43}
+PAPER_FGVC_MEAN = {FULL: 88.54, ATTN_ONLY: 89.48, FFN_ONLY: 88.43}
 PAPER_SOUPS = "CLIP ViT-B/32 on ImageNet (Wortsman et al. 2022): uniform 79.97, greedy 81.03"
 
 
@@ -278,9 +286,10 @@ def _soup_table(a: DatasetAnalysis) -> str:
                 _params(r["tuned_params"]),
                 cell("best"),
                 cell("mean"),
-                cell("uniform"),
-                f"{cell('greedy')} ({r['greedy_size']} kept)",
-                cell("masked"),
+                *(
+                    f"{cell(m)} ({r['greedy_size']} kept)" if m == GREEDY_SOUP else cell(m)
+                    for m in STUDY_SOUPS
+                ),
             ]
         )
     return _table(
@@ -290,9 +299,7 @@ def _soup_table(a: DatasetAnalysis) -> str:
             "tuned params",
             "best ingredient",
             "mean ingredient",
-            "uniform",
-            "greedy",
-            "masked",
+            *STUDY_SOUPS,
         ],
         rows,
     )
@@ -396,8 +403,8 @@ def write_report(
         )
     )
     out.append(
-        f"\nFGVC mean: full {PAPER_FGVC_MEAN['full']}, ATTN-only "
-        f"{PAPER_FGVC_MEAN['attn_only']}, FFN-only {PAPER_FGVC_MEAN['ffn_only']}. "
+        f"\nFGVC mean: full {PAPER_FGVC_MEAN[FULL]}, ATTN-only "
+        f"{PAPER_FGVC_MEAN[ATTN_ONLY]}, FFN-only {PAPER_FGVC_MEAN[FFN_ONLY]}. "
         f"Soups reference: {PAPER_SOUPS}.\n"
     )
     out.append(RUNNING)

@@ -24,7 +24,7 @@ class Record:
     unit_angles: dict[str, float] = field(default_factory=dict)  # final angles (degrees)
     units: list[dict[str, Any]] = field(default_factory=list)  # angles.json "units" rows
     trajectory: list[dict[str, Any]] = field(default_factory=list)  # per-epoch unit angles
-    wall_seconds: float | None = None  # training + evaluation, measured by the runner
+    wall_seconds: float | None = None  # training + evaluation, measured by the executor
     folder: Path | None = None
 
     @property

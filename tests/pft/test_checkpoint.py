@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pft.base_model import build_pretrained
 from pft.checkpoint import (
     atomic_write,
     base_from_meta,
@@ -18,7 +19,6 @@ from pft.checkpoint import (
 from pft.errors import PftError
 from pft.model_catalog import BUILTIN_BACKBONE, TEST_MODEL
 from pft.model_factory import builtin_weights_path
-from pft.pretrained import build_pretrained
 
 
 @pytest.fixture(autouse=True)

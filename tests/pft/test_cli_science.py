@@ -7,9 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from lab.cli import app
+from pft.base_model import build_pretrained
 from pft.checkpoint import delta_metadata, load_delta, save_delta
 from pft.model_catalog import unit_map_for
-from pft.pretrained import build_pretrained
 from pft.strategies import resolve_strategy
 
 runner = CliRunner()

@@ -140,7 +140,7 @@ def test_soup_of_different_base_models_is_refused(tmp_path, runs):
         (["--model", "vit_base_patch16_22", "--dataset", "digits"], "close matches"),
         (
             ["--model", "pft/vit-micro", "--dataset", "digits", "--strategy", "atn_only"],
-            "did you mean 'attn_only'",
+            "close matches: attn_only",
         ),
         (["--model", "pft/vit-micro", "--dataset", "digits", "--k", "2"], "takes no parameter 'k'"),
         (["--model", "pft/vit-micro", "--dataset", "imagefolder:../etc"], "outside"),

@@ -189,3 +189,21 @@ def test_cifar_offline_error_names_the_folder(data_root, monkeypatch):
     with pytest.raises(PftError, match="cifar-10-python.tar.gz") as err:
         load_dataset("cifar10")
     assert str(data_root / "cifar10") in str(err.value)
+
+
+def test_every_catalogue_entry_names_its_own_loader_and_shift_function():
+    """Datasets and shifts own their behaviour: each entry resolves to a callable, lazily."""
+    import inspect
+
+    from pft.dataset_catalog import SHIFTS
+    from pft.lazy import load_function
+
+    entries = [*DATASETS.values(), dataset_info("imagefolder:some_folder")]
+    for info in entries:
+        loader = load_function(info.loader)
+        assert list(inspect.signature(loader).parameters) == ["info", "image_size"], info.name
+    for shift in SHIFTS.values():
+        fn = load_function(shift.apply)
+        assert list(inspect.signature(fn).parameters) == ["x", "i", "seed"], shift.name
+        x = torch.rand(2, 1, 16, 16)
+        assert fn(x, 0, 0).shape == x.shape

@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pft.base_model import build_pretrained
 from pft.checkpoint import build_model_from_delta, load_delta
-from pft.config import FinetuneConfig, Hparams
 from pft.engine import Cancelled, finetune
 from pft.errors import PftError
+from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.model_catalog import TEST_MODEL, unit_map_for
-from pft.pretrained import build_pretrained
 from pft.strategies import resolve_strategy
 from pft.training import setup
 
@@ -29,8 +29,8 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PFT_DATA_DIR", str(tmp_path / "data"))
 
 
-def cfg(strategy="attn_only", hparams=HP, **kw) -> FinetuneConfig:
-    return FinetuneConfig(
+def cfg(strategy="attn_only", hparams=HP, **kw) -> FinetuneSpec:
+    return FinetuneSpec(
         model=TEST_MODEL,
         dataset="synthetic",
         strategy=strategy,
@@ -153,14 +153,14 @@ def test_cancel_then_resume_matches_uninterrupted(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from pft.config import FinetuneConfig, Hparams
+    from pft.jobs.specs import FinetuneSpec, Hparams
     from pft.engine import finetune
 
     class KillAfterFirstEpoch:
         def on_epoch(self, epoch, metrics, angles):
             os.kill(os.getpid(), signal.SIGKILL)  # a hard kill right after the epoch checkpoint
 
-    cfg = FinetuneConfig.from_dict({cfg!r})
+    cfg = FinetuneSpec.from_dict({cfg!r})
     finetune(cfg, sys.argv[1], callbacks=KillAfterFirstEpoch())
 """)
 
@@ -202,9 +202,9 @@ def test_seeds_make_runs_repeatable_and_different(tmp_path):
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(PftError, match="close matches: synthetic"):
-        finetune(FinetuneConfig(TEST_MODEL, "synthetc", pretrained=False), out)
+        finetune(FinetuneSpec(TEST_MODEL, "synthetc", pretrained=False), out)
     with pytest.raises(PftError, match="unknown model"):
-        finetune(FinetuneConfig("pft/vit-mikro", "synthetic"), out)
+        finetune(FinetuneSpec("pft/vit-mikro", "synthetic"), out)
     with pytest.raises(PftError, match="hparams.lr"):
         finetune(cfg(hparams=Hparams(lr=-1)), out)
     with pytest.raises(PftError, match="unknown strategy"):
@@ -223,4 +223,4 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
 
 def test_builtin_backbone_must_be_pretrained_first(tmp_path):
     with pytest.raises(PftError, match="pft pretrain"):
-        finetune(FinetuneConfig("pft/vit-tiny-fmnist", "digits"), tmp_path / "run")
+        finetune(FinetuneSpec("pft/vit-tiny-fmnist", "digits"), tmp_path / "run")

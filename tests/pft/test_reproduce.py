@@ -25,7 +25,7 @@ from pft.reproduce.plan import (
     customise,
     get_preset,
     grid_runs,
-    to_config,
+    to_spec,
 )
 from pft.reproduce.results import Record, choose_lrs, mean_angles
 from pft.reproduce.stats import pareto_front, ranks, spearman, spread, top_k
@@ -114,8 +114,8 @@ def test_run_config_shares_the_head_and_needs_angles_for_angle_topk():
     p = get_preset("reduced")
     spec = RunSpec("digits", "angle_topk", 1e-3, 1, 4, k=3, order="smallest")
     with pytest.raises(PftError, match="reference angles"):
-        to_config(spec, p)
-    cfg = to_config(spec, p, {"ATTN.0": 1.0})
+        to_spec(spec, p)
+    cfg = to_spec(spec, p, {"ATTN.0": 1.0})
     assert cfg.strategy_params == {"k": 3, "order": "smallest", "angles": {"ATTN.0": 1.0}}
     assert cfg.hparams.head_seed == 0 and cfg.hparams.seed == 1 and cfg.hparams.lr == 1e-3
     assert spec.run_id == "angle-topk-smallest-k-3-lr0.001-s1-e4"
@@ -353,23 +353,36 @@ def test_study_on_a_missing_backbone_fails_before_writing(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_soup_evaluator_reproduces_the_engine_scores(quick_study):
+def test_soup_scorer_reproduces_the_engine_scores(quick_study):
     from pft.checkpoint import load_delta
-    from pft.reproduce.souping import SoupEvaluator
+    from pft.soups.pipeline import SoupScorer
 
     root, _, _ = quick_study
     run = root / "runs" / "synthetic" / "attn-only-lr0.003-s0-e2"
     tensors, meta = load_delta(run / "delta.safetensors")
     summary = json.loads((run / "metrics.json").read_text())
-    ev = SoupEvaluator(meta, "synthetic", "cpu")
-    scores = ev.scores(tensors, ["gaussian_noise"])
-    assert scores["heldout"] == pytest.approx(summary["heldout_acc"])
-    assert scores["test"] == pytest.approx(summary["test_acc"])
-    assert scores["shifts"]["gaussian_noise"] == pytest.approx(
+    ev = SoupScorer(meta, "synthetic", "cpu")
+    assert ev.split("heldout", tensors)["acc"] == pytest.approx(summary["heldout_acc"])
+    assert ev.split("test", tensors)["acc"] == pytest.approx(summary["test_acc"])
+    shifted = ev.shifts(tensors, ["gaussian_noise"])
+    assert shifted["gaussian_noise"]["acc"] == pytest.approx(
         summary["shifts"]["gaussian_noise"]["acc"]
     )
-    small = SoupEvaluator(meta, "synthetic", "cpu", limit=10)
+    small = SoupScorer(meta, "synthetic", "cpu", limit=10)
     assert len(small.data.heldout) == len(small.data.test) == 10
+
+
+def test_study_soups_are_built_by_the_one_pipeline(quick_study):
+    root, _, _ = quick_study
+    soups = sorted((root / "soups").rglob("*.json")) if (root / "soups").exists() else []
+    soups = soups or sorted(p for p in root.rglob("*.json") if "soup" in p.name)
+    assert soups, "the quick study writes soups"
+    data = json.loads(soups[0].read_text())
+    from pft.reproduce.plan import STUDY_SOUPS
+
+    assert {m for m in STUDY_SOUPS if data.get(m)} >= {STUDY_SOUPS[0]}
+    chosen = [m for m in STUDY_SOUPS if data.get(m) and "trace" in data[m]]
+    assert chosen and all(data[m]["selected"] for m in chosen)
 
 
 def test_report_flags_a_grid_that_is_too_narrow():
@@ -386,3 +399,17 @@ def test_report_flags_a_grid_that_is_too_narrow():
     assert "2 of 2 strategies chose the largest rate" in _lr_table(edge)
     assert "largest rate" not in _lr_table(inside)
     assert "| `full` | 50.0 | 60.0 |" in _lr_table(edge)
+
+
+def test_the_study_needs_matplotlib_only_to_draw():
+    """`pft reproduce` imports without matplotlib (the `science` extra installs it for figures)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import pft.cli.reproduce, pft.reproduce.pipeline, pft.reproduce.figures\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pft.errors import PftError
-from pft.soups import greedy_soup, masked_soup, uniform_soup
+from pft.soups.greedy import greedy_soup
+from pft.soups.masked import masked_soup
+from pft.soups.uniform import uniform_soup
 
 
 def state(seed, names=("a", "b", "c"), shape=(4, 3)):

@@ -6,7 +6,9 @@ import pytest
 
 from pft.errors import PftError
 from pft.model_catalog import unit_map_for
-from pft.strategies import MANUAL_STRATEGIES, STRATEGIES, catalogue, resolve_strategy
+from pft.strategies import STRATEGIES, catalogue, manual_strategies, resolve_strategy
+
+MANUAL_STRATEGIES = manual_strategies()
 
 MODELS = [
     "vit_base_patch16_224.augreg_in21k",
@@ -121,7 +123,7 @@ def test_unknown_strategy_lists_accepted():
     um = unit_map_for("pft/vit-micro", 3)
     with pytest.raises(PftError, match="accepted: full, linear_probe") as exc:
         resolve_strategy(um, "attn_onyl")
-    assert "did you mean 'attn_only'" in str(exc.value)
+    assert "close matches: attn_only" in str(exc.value)
 
 
 @pytest.mark.parametrize("k", [0, -1, 5, 2.5, True])
@@ -160,5 +162,5 @@ def test_catalogue_is_plain_data_with_descriptions():
     cat = catalogue()
     assert [c["name"] for c in cat] == list(STRATEGIES)
     assert all(c["description"] for c in cat)
-    assert {p["name"] for p in cat[-2]["params"]} == {"k", "order", "angles"}
+    assert {p["name"] for p in cat[-2]["params"]} == {"k", "order", "reference_job"}
     json.dumps(cat)

@@ -4,7 +4,7 @@ import pytest
 
 from pft.errors import PftError
 from pft.model_catalog import CATALOG, get_spec, named_shapes_from_table, shape_table
-from pft.model_factory import shape_table as compute_shape_table
+from pft.model_factory import compute_shape_table
 from pft.units import build_unit_map
 
 ARCHS = {

@@ -1,9 +1,11 @@
 """The artifact store: where job outputs (checkpoints, metrics, angles) live for every worker.
 
-``PFT_ARTIFACT_URL`` is a local folder by default (``$PFT_DATA_DIR/artifacts``; a shared volume
-works across hosts too) or any fsspec URL (``s3://bucket/prefix``, ``gcs://...``) for workers on
-many hosts. A job's outputs live under ``<store>/jobs/<job id>/``, so a job picked up again by
-another worker finds the last epoch checkpoint of the previous attempt.
+It is the science side's checkpoint storage (fsspec), used by the worker and by anything else
+that reads or writes job folders. ``PFT_ARTIFACT_URL`` is a local folder by default
+(``$PFT_DATA_DIR/artifacts``; a shared volume works across hosts too) or any fsspec URL
+(``s3://bucket/prefix``, ``gcs://...``) for workers on many hosts. A job's outputs live under
+``<store>/jobs/<job id>/``, so a job picked up again by another worker finds the last epoch
+checkpoint of the previous attempt.
 
 The engine writes to a local folder. For a local store that folder *is* the store; for a remote
 store the worker works in a local cache, ``pull``s before a run (to resume) and ``push``es after

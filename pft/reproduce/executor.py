@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from pft.checkpoint import write_json
 from pft.reproduce.plan import (
+    FULL,
     Preset,
     RunSpec,
     Target,
@@ -26,7 +27,7 @@ from pft.reproduce.plan import (
     count_plan,
     grid_runs,
     seed_runs,
-    to_config,
+    to_spec,
 )
 from pft.reproduce.results import (
     Record,
@@ -79,12 +80,12 @@ class Study:
         grid = self._runs(grid_runs(p, t))
         chosen = choose_lrs(grid)
         seeds = self._runs(seed_runs(p, t, chosen))
-        fulls = [r for r in main_records(grid + seeds, chosen) if r.label == "full"]
+        fulls = [r for r in main_records(grid + seeds, chosen) if r.label == FULL]
         reference = mean_angles(fulls)  # the average ranking of the chosen full runs
         angle_grid = self._runs(angle_grid_runs(p, t), reference)
         chosen |= choose_lrs(angle_grid)
         angle_seeds = self._runs(angle_seed_runs(p, t, chosen), reference)
-        cheap = self._runs(cheap_runs(p, t, chosen["full"]))
+        cheap = self._runs(cheap_runs(p, t, chosen[FULL]))
         records = grid + seeds + angle_grid + angle_seeds
         soups = self._soups(t, records, chosen)
         return {
@@ -103,7 +104,7 @@ class Study:
         from pft.engine import finetune
 
         folder = run_dir(self.root, spec)
-        cfg = to_config(spec, self.preset, angles)
+        cfg = to_spec(spec, self.preset, angles)
         record = load_record(folder)
         if record is None or record.summary.get("config") != cfg.to_dict():
             folder.mkdir(parents=True, exist_ok=True)

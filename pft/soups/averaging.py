@@ -1,12 +1,4 @@
-"""Model soups: weight averages of models fine-tuned from one pre-trained start.
-
-- Uniform soup (Wortsman et al. 2022): the average of all ingredients.
-- Greedy soup (Wortsman et al. 2022): sort ingredients by held-out score, start from the best,
-  add each next one only if the soup's held-out score strictly rises; one pass.
-- Masked soup (new here, for partial fine-tuning): each tensor is averaged only over the
-  ingredients that tuned it; tensors no ingredient tuned keep their pre-trained value. A plain
-  uniform soup of partial runs would instead pull every tuned tensor part-way back to its
-  pre-trained value.
+"""Weight averaging over ingredients, streamed: what the uniform, masked and greedy soups share.
 
 Ingredients are *deltas*: mappings holding only the tensors a run tuned (a full fine-tuning
 delta holds every tensor). ``base`` is the pre-trained state dict with the task's head shape,
@@ -16,8 +8,9 @@ memory holds the running sum and one ingredient, whatever their number.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -81,73 +74,16 @@ def _average(
     return {k: (s / counts[k]).to(dtype.get(k, torch.float32)) for k, s in sums.items()}
 
 
-def uniform_soup(
-    ingredients: Iterable[State], base: State | None = None
-) -> dict[str, torch.Tensor]:
-    """The average of all ingredients (as a delta over ``base`` when one is given)."""
-    return _average(ingredients, base, masked=False)
-
-
-def masked_soup(ingredients: Iterable[State], base: State) -> dict[str, torch.Tensor]:
-    """Each tensor averaged over the ingredients that tuned it; others stay pre-trained."""
-    return _average(ingredients, base, masked=True)
-
-
 def full_state(delta: State, base: State) -> dict[str, torch.Tensor]:
     """The whole model's state: ``base`` with the delta's tensors replaced."""
     return {**base, **delta}
 
 
 @dataclass
-class GreedyStep:
-    ingredient: int  # index into the ingredients given
-    individual_score: float
-    candidate_score: float  # held-out score of the soup with this ingredient added
-    accepted: bool
+class Merged:
+    """A merge method's outcome: the soup (a delta over ``base``), the ingredients it holds
+    (indices into the ingredients given) and, for methods that decide, their trace."""
 
-
-@dataclass
-class GreedyResult:
     soup: dict[str, torch.Tensor]
     selected: list[int]
-    score: float
-    trace: list[GreedyStep] = field(default_factory=list)
-
-    def trace_dicts(self) -> list[dict]:
-        return [vars(s) | {"order": i} for i, s in enumerate(self.trace)]
-
-
-def greedy_soup(
-    ingredients: Sequence[State],
-    score: Callable[[State], float],
-    base: State | None = None,
-    individual_scores: Sequence[float] | None = None,
-) -> GreedyResult:
-    """Greedy soup (Wortsman et al. 2022, Recipe 1) over ``ingredients``.
-
-    ``score`` evaluates a soup (a delta over ``base``, or a full state) on the held-out split,
-    higher is better. ``individual_scores`` skips re-scoring the ingredients alone.
-    Ties do not count as improvements: the score must strictly rise.
-    """
-    if not ingredients:
-        raise PftError("a soup needs at least one ingredient")
-    singles = (
-        list(individual_scores)
-        if individual_scores is not None
-        else [score(d) for d in ingredients]
-    )
-    order = sorted(range(len(ingredients)), key=lambda i: -singles[i])
-    best = order[0]
-    selected = [best]
-    soup = uniform_soup([ingredients[best]], base)
-    current = singles[best]
-    trace = [GreedyStep(best, singles[best], current, True)]
-    for i in order[1:]:
-        candidate = uniform_soup([ingredients[j] for j in [*selected, i]], base)
-        cand_score = score(candidate)
-        accepted = cand_score > current
-        trace.append(GreedyStep(i, singles[i], cand_score, accepted))
-        if accepted:
-            selected.append(i)
-            soup, current = candidate, cand_score
-    return GreedyResult(soup=soup, selected=selected, score=current, trace=trace)
+    trace: list[dict[str, Any]] = field(default_factory=list)
