@@ -1,6 +1,6 @@
 """Sending jobs to the broker: the Celery *client* side only (no worker code, no torch).
 
-The backend enqueues by task name with just the job id (``pft.run_job``, docs/CONTRACTS.md);
+The backend enqueues by task name (`contract.vocab.TASK_NAME`) with just the job id;
 the database is the source of truth, so a failed send is not an error for the caller: the job
 stays queued and the reconciler sends it again later.
 
@@ -17,7 +17,8 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from backend.core.config import TASK_NAME, Settings
+from backend.core.config import ApiSettings
+from contract.vocab import TASK_NAME
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -58,8 +59,9 @@ def job_id_of(task_id: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def enqueue_job(job_id: int, *, settings: Settings) -> bool:
-    """Sends ``pft.run_job(job_id)`` to the job queue; False (logged) if the broker is down."""
+def enqueue_job(job_id: int, *, settings: ApiSettings) -> bool:
+    """Sends the job task with ``job_id`` to the job queue; False (logged) if the broker is
+    down."""
     try:
         celery_client(settings.broker_url).send_task(
             TASK_NAME,
@@ -75,7 +77,7 @@ def enqueue_job(job_id: int, *, settings: Settings) -> bool:
     return True
 
 
-def enqueue_jobs(job_ids: Iterable[int], *, settings: Settings) -> list[int]:
+def enqueue_jobs(job_ids: Iterable[int], *, settings: ApiSettings) -> list[int]:
     """Enqueues each job; returns the ids actually sent (stops trying once the broker fails)."""
     sent = []
     for job_id in job_ids:
@@ -85,7 +87,7 @@ def enqueue_jobs(job_ids: Iterable[int], *, settings: Settings) -> list[int]:
     return sent
 
 
-def broker_job_ids(*, settings: Settings) -> set[int] | None:
+def broker_job_ids(*, settings: ApiSettings) -> set[int] | None:
     """Job ids of the messages the Redis broker holds: waiting in the queue or delivered but
     not yet acknowledged. None when the broker is not Redis or cannot be read.
     """
@@ -115,7 +117,7 @@ def broker_job_ids(*, settings: Settings) -> set[int] | None:
     return ids
 
 
-def broker_reachable(*, settings: Settings, timeout: float = 1.0) -> bool:
+def broker_reachable(*, settings: ApiSettings, timeout: float = 1.0) -> bool:
     """Whether the broker answers (Redis PING)."""
     import redis
 

@@ -1,8 +1,9 @@
-"""The FastAPI application (``/api/v1``) and `serve`, which ``pft api`` runs.
+"""The FastAPI application (`contract.vocab.API_PREFIX`) and `serve`, which ``pft api`` runs.
 
-`create_app` migrates the database, resolves the API token and starts the reconciler thread at
-startup (lifespan). No torch on this import path: the preview and validation use the torch-free
-catalogues in `pft`.
+`create_app` resolves the two tokens (users', workers'; generated into the data folder on
+first start) and, at startup (lifespan), migrates the database and starts the reconciler
+thread. No torch on this import path: the preview and validation use the torch-free
+registries in `pft`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from fastapi import FastAPI
 from backend.api.auth_gate import TokenGate
 from backend.api.errors import BodySizeLimit, install_error_handlers
 from backend.api.main import api_router
-from backend.core.config import Settings, get_settings
-from backend.core.security import resolve_token
+from backend.core.config import ApiSettings, get_settings
+from backend.core.security import api_token, worker_token
 from backend.db.session import get_engine, make_sessionmaker, migrate
 from backend.reconciler import Reconciler
+from contract.vocab import API_PREFIX, WORKER_ROUTES
 
-API_PREFIX = "/api/v1"
 log = logging.getLogger("backend")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
 
@@ -52,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.token = resolve_token(settings)
+    app.state.token = api_token(settings)
+    app.state.worker_token = worker_token(settings)
+    if app.state.token == app.state.worker_token:
+        raise RuntimeError("PFT_WORKER_TOKEN must differ from PFT_API_TOKEN")
     app.state.sessions = make_sessionmaker(get_engine(settings.db_url))
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -60,15 +64,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         TokenGate,
         prefix=API_PREFIX,
+        worker_prefix=WORKER_ROUTES,
         public=("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"),
         token=lambda: app.state.token,
+        worker_token=lambda: app.state.worker_token,
     )
     app.include_router(api_router, prefix=API_PREFIX)
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Runs the API with uvicorn (``pft api``); ``port`` defaults to ``PFT_API_PORT``."""
+def serve(host: str | None = None, port: int | None = None) -> None:
+    """Runs the API with uvicorn (``pft api``); defaults: ``PFT_API_HOST``, ``PFT_API_PORT``."""
     import uvicorn
 
     settings = get_settings()
@@ -76,10 +82,15 @@ def serve(host: str = "127.0.0.1", port: int | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    log.info("API token: %s", "from PFT_API_TOKEN" if settings.api_token else settings.token_path)
+    layout = settings.layout
+    log.info("API token: %s", "from PFT_API_TOKEN" if settings.api_token else layout.api_token)
+    log.info(
+        "worker token: %s",
+        "from PFT_WORKER_TOKEN" if settings.worker_token else layout.worker_token,
+    )
     uvicorn.run(
         app,
-        host=host,
+        host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
         access_log=settings.api_access_log,

@@ -3,15 +3,16 @@
 `reconcile` does one pass:
 
 1. running jobs whose heartbeat is older than ``PFT_HEARTBEAT_STALE_S`` lost their worker:
-   they go back to queued and are re-enqueued, or fail once they were claimed
+   they go back to queued (their claim cleared, so the lost worker's reports are refused)
+   and are re-enqueued, or fail once they were claimed
    ``PFT_MAX_ATTEMPTS`` times (cancelled, if a cancel was pending);
 2. queued jobs the broker does not hold (lost messages, a broker restart, a send that failed)
    are enqueued again. Jobs enqueued less than ``PFT_ENQUEUE_GRACE_S`` ago are left alone.
 
 Where it runs: the API process starts `Reconciler`, a daemon thread calling `reconcile` every
-``PFT_RECONCILE_INTERVAL_S`` seconds (0 disables it). The launcher or a worker may also call
-`reconcile` directly. Several concurrent reconcilers are safe: state changes are conditional
-updates, and a job enqueued twice runs once (the worker's claim is atomic).
+``PFT_RECONCILE_INTERVAL_S`` seconds (0 disables it). Several concurrent reconcilers (several
+API processes) are safe: state changes are conditional updates, and a job enqueued twice runs
+once (the claim is atomic).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import crud
-from backend.core.config import Settings
+from backend.core.config import ApiSettings
 from backend.enqueue import broker_job_ids, enqueue_job
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ReconcileReport:
     enqueued: list[int] = field(default_factory=list)  # sent to the broker in this pass
 
 
-def reconcile(session: Session, *, settings: Settings) -> ReconcileReport:
+def reconcile(session: Session, *, settings: ApiSettings) -> ReconcileReport:
     """One reconciliation pass (see the module docstring)."""
     report = ReconcileReport()
     report.requeued, report.failed, report.cancelled = crud.release_stale_jobs(
@@ -62,7 +63,7 @@ def reconcile(session: Session, *, settings: Settings) -> ReconcileReport:
 class Reconciler(threading.Thread):
     """A daemon thread that reconciles every ``settings.reconcile_interval_s`` seconds."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: ApiSettings) -> None:
         super().__init__(name="pft-reconciler", daemon=True)
         self._sessions = sessions
         self._settings = settings

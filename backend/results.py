@@ -14,18 +14,24 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from backend.db.models import Job, Metric
+from contract.vocab import JobStatus
+from pft.strategies import STRATEGIES
 
 
 def strategy_params(job: Job) -> dict[str, Any]:
-    """A job's strategy parameters as shown to people (no per-unit angle tables)."""
-    strategy = dict(job.config.get("strategy") or {})
-    strategy.pop("name", None)
-    strategy.pop("angles", None)
-    return strategy
+    """A job's strategy parameters as people give them: the public ones (a reference job's id,
+    not the per-unit angle table the lab filled in from it)."""
+    params = dict((job.config or {}).get("strategy_params") or {})
+    strategy = STRATEGIES.get(job.strategy or "")
+    if strategy is None:
+        return params
+    public = {p.name for p in strategy.params if p.public}
+    return {k: v for k, v in params.items() if k in public}
 
 
 def strategy_label(job: Job) -> str:
-    """``attn_only``, ``angle_topk(k=7, order=smallest, reference_job=12)``."""
+    """The strategy's name, with its public parameters when it has any:
+    ``name(k=7, order=smallest, reference_job=12)``."""
     params = strategy_params(job)
     if not params:
         return job.strategy or job.kind
@@ -58,7 +64,7 @@ def summarize(jobs: Iterable[Job], last: Mapping[int, Metric]) -> list[dict[str,
         groups.setdefault(strategy_label(job), []).append(job)
     out = []
     for label, members in groups.items():
-        done = [j for j in members if j.status == "succeeded"]
+        done = [j for j in members if j.status == JobStatus.SUCCEEDED]
         test = [
             last[j.id].test_acc for j in done if j.id in last and last[j.id].test_acc is not None
         ]

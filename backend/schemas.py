@@ -1,15 +1,18 @@
-"""Request and response bodies of the HTTP API (pydantic), named after one pattern:
-``<Thing>Create`` for requests, ``<Thing>Public`` for responses.
+"""Request bodies of the HTTP API (pydantic), ``<Thing>Create``; the responses are the shared
+models of `contract.api`.
 
-Field validators check names against the torch-free catalogues (models, datasets, shifts,
-strategies) so a bad name is a 422 naming the field and the accepted values. Checks that need
-the database or a unit map (reference jobs, soup ingredients, ``k``) live in `backend.submit`.
+The strategy and soup bodies are derived from the registries (`pft.strategies`,
+`pft.soups.registry`): a strategy's public parameters become typed optional fields, so adding a
+strategy or a parameter changes no code here. Field validators check names against the
+torch-free catalogues (models, datasets, shifts, strategies) so a bad name is a 422 naming the
+field and the accepted values. Checks that need the database, a unit map or the data folder
+(reference jobs, soup ingredients, a parameter's range on one model, image-folder paths) live
+in `backend.submit`.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,23 +24,25 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     Tag,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from backend.db.models import JOB_KINDS, JOB_STATUSES, SOUP_METHODS
-from pft.config import Hparams
-from pft.dataset_catalog import IMAGEFOLDER_PREFIX, dataset_info, parse_shift
+from contract.vocab import JobKind
+from pft.dataset_catalog import dataset_info, parse_shift
+from pft.jobs.specs import Hparams
 from pft.model_catalog import ALLOWED_OVERRIDES, check_overrides, get_spec
-from pft.paths import contained, datasets_dir
-from pft.strategies import ORDERS, STRATEGIES
+from pft.soups.registry import DEFAULT_METHOD, MERGE_METHODS
+from pft.strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy
 
 MAX_STRATEGIES = 64
 MAX_SEEDS = 32
 MAX_SHIFTS = 16
 MAX_INGREDIENTS = 32
-_HP = {f.name: f.default for f in fields(Hparams)}  # defaults: pft.config.Hparams
-_NAME = Annotated[str, Field(min_length=1, max_length=200)]
+MAX_ID = 2**31 - 1
+_HP = {f.name: f.default for f in fields(Hparams)}  # defaults: pft.jobs.specs.Hparams
 
 
 class _Strict(BaseModel):
@@ -51,7 +56,7 @@ def _check(fn: Any, value: Any) -> Any:
 
 
 class HparamsCreate(_Strict):
-    """Training hyperparameters (pft.config.Hparams); every field is optional."""
+    """Training hyperparameters (`pft.jobs.specs.Hparams`); every field is optional."""
 
     epochs: StrictInt = Field(_HP["epochs"], ge=1, le=1000)
     lr: float = Field(_HP["lr"], gt=0, le=1)
@@ -60,37 +65,80 @@ class HparamsCreate(_Strict):
     warmup_fraction: float = Field(_HP["warmup_fraction"], ge=0, lt=1)
     label_smoothing: float = Field(_HP["label_smoothing"], ge=0, lt=1)
     clip_grad: float = Field(_HP["clip_grad"], ge=0, le=1e6)
-    seed: StrictInt = Field(_HP["seed"], ge=0, le=2**31 - 1)
-    head_seed: StrictInt = Field(_HP["head_seed"], ge=0, le=2**31 - 1)
+    seed: StrictInt = Field(_HP["seed"], ge=0, le=MAX_ID)
+    head_seed: StrictInt = Field(_HP["head_seed"], ge=0, le=MAX_ID)
     compile: bool = _HP["compile"]
 
 
-class StrategyCreate(_Strict):
-    """A strategy and its parameters, e.g. ``{"name": "angle_topk", "k": 7, "order": "smallest",
-    "reference_job": 12}`` or ``{"name": "attn_only"}``."""
+# ---------------------------------------------------------------------------------------------
+# strategies: one optional field per public parameter name of the registry
 
+
+def _bounds(params: list[Any], default_low: float, default_high: float) -> dict[str, float]:
+    lows = [p.minimum for p in params]
+    highs = [p.maximum for p in params]
+    low = default_low if None in lows else min(lows)
+    high = default_high if None in highs else max(highs)
+    return {"ge": max(low, default_low), "le": min(high, default_high)}
+
+
+def _annotation(params: list[Any]) -> Any:
+    """The request type of a parameter name (the same name in several strategies: the widest
+    type; each strategy checks its own range when it resolves)."""
+    kinds = {p.kind for p in params}
+    kind = kinds.pop() if len(kinds) == 1 else None
+    if kind == "int":
+        return Annotated[StrictInt, Field(**_bounds(params, -MAX_ID, MAX_ID))]
+    if kind == "float":
+        return Annotated[float, Field(allow_inf_nan=False, **_bounds(params, -1e12, 1e12))]
+    if kind == "choice":
+        choices = tuple(dict.fromkeys(c for p in params for c in p.choices))
+        return Literal[choices]
+    if kind == "units":
+        return Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=512)]
+    if kind == "job":
+        return Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+    return Any
+
+
+def _strategy_fields() -> dict[str, tuple[Any, FieldInfo]]:
+    by_name: dict[str, list[tuple[str, Any]]] = {}
+    for strategy in STRATEGIES.values():
+        for p in strategy.params:
+            if p.public:
+                by_name.setdefault(p.name, []).append((strategy.name, p))
+    out = {}
+    for name, owners in by_name.items():
+        help_ = "; ".join(f"{s}: {p.description}" for s, p in owners)
+        out[name] = (_annotation([p for _, p in owners]) | None, Field(None, description=help_))
+    return out
+
+
+class _StrategyBase(_Strict):
     name: str = Field(max_length=64, description="one of GET /catalog/strategies")
-    k: StrictInt | None = Field(
-        None, ge=1, le=1024, description="angle_topk: units tuned per group"
-    )
-    order: Literal[ORDERS] | None = Field(None, description="angle_topk: largest or smallest")
-    reference_job: int | None = Field(
-        None, ge=1, le=2**31 - 1, description="angle_topk: a succeeded full fine-tuning job"
-    )
-    units: list[Annotated[str, Field(max_length=32)]] | None = Field(
-        None, max_length=512, description="custom: unit names such as ATTN.0, FFN.11"
-    )
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; accepted: {', '.join(STRATEGIES)}")
+        _check(get_strategy, v)
         return v
 
     def params(self) -> dict[str, Any]:
-        """The strategy parameters that were given (without name and reference_job)."""
-        return self.model_dump(exclude_none=True, exclude={"name", "reference_job"})
+        """The strategy parameters that were given (everything but the name)."""
+        return self.model_dump(exclude_none=True, exclude={"name"})
+
+
+StrategyCreate = create_model(
+    "StrategyCreate",
+    __base__=_StrategyBase,
+    __doc__="A strategy and its parameters (GET /catalog/strategies), e.g. "
+    '``{"name": "attn_only"}``; parameters the strategy does not take are refused.',
+    **_strategy_fields(),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
 
 
 def _known_shifts(v: list[str]) -> list[str]:
@@ -107,15 +155,15 @@ _Shifts = Annotated[
 _Overrides = Annotated[dict[str, StrictFloat], Field(max_length=len(ALLOWED_OVERRIDES))]
 
 
-class _RunCreate(_Strict):
+class RunCreate(_Strict):
+    """What names a fine-tuning run's starting point: model, overrides, dataset."""
+
     model: str = Field(max_length=200, description="GET /catalog/models, or any timm name")
     dataset: str = Field(max_length=200, description="GET /catalog/datasets")
-    hparams: HparamsCreate = Field(default_factory=HparamsCreate)
     pretrained: bool = True
     model_overrides: _Overrides = Field(
         default_factory=dict, description=f"timm overrides: {', '.join(ALLOWED_OVERRIDES)}"
     )
-    shifts: _Shifts = Field(default_factory=list, description="shifts evaluated after training")
 
     @field_validator("model")
     @classmethod
@@ -125,10 +173,7 @@ class _RunCreate(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        dataset_info(v)
-        if v.startswith(IMAGEFOLDER_PREFIX):  # a folder below the datasets root, nowhere else
-            contained(datasets_dir(), v[len(IMAGEFOLDER_PREFIX) :])
-        return v
+        return _check(dataset_info, v)
 
     @field_validator("model_overrides")
     @classmethod
@@ -140,33 +185,50 @@ class _RunCreate(_Strict):
                 )
             if not 0 < value <= 4096 or (key != "mlp_ratio" and not float(value).is_integer()):
                 raise ValueError(f"override {key!r} must be a positive integer up to 4096")
-        out = {k: (v if k == "mlp_ratio" else int(v)) for k, v in v.items()}
-        return out
+        return {k: (v if k == "mlp_ratio" else int(v)) for k, v in v.items()}
 
     @model_validator(mode="after")
-    def _consistent_overrides(self) -> _RunCreate:
+    def _consistent_overrides(self) -> RunCreate:
         if self.model_overrides:
             check_overrides(get_spec(self.model, self.model_overrides))
         return self
 
 
-class FinetuneCreate(_RunCreate):
-    kind: Literal["finetune"] = "finetune"
-    strategy: StrategyCreate = Field(default_factory=lambda: StrategyCreate(name="full"))
+class _TrainCreate(RunCreate):
+    hparams: HparamsCreate = Field(default_factory=HparamsCreate)
+    shifts: _Shifts = Field(default_factory=list, description="shifts evaluated after training")
+
+
+class FinetuneCreate(_TrainCreate):
+    kind: Literal[JobKind.FINETUNE.value] = JobKind.FINETUNE
+    strategy: StrategyCreate = Field(  # type: ignore[valid-type]
+        default_factory=lambda: StrategyCreate(name=DEFAULT_STRATEGY)
+    )
+
+
+class PreviewCreate(RunCreate):
+    """What ``POST /preview`` resolves: one strategy on one model (nothing is written)."""
+
+    strategy: StrategyCreate  # type: ignore[valid-type]
 
 
 class PretrainCreate(_Strict):
-    """Pre-trains the built-in backbone (pft/vit-tiny-fmnist) on Fashion-MNIST."""
+    """Pre-trains the built-in backbone (`pft.jobs.specs.PretrainSpec`)."""
 
-    kind: Literal["pretrain"]
-    epochs: int | None = Field(None, ge=1, le=200, description="default: the engine's")
+    kind: Literal[JobKind.PRETRAIN.value]
+    epochs: int | None = Field(None, ge=1, le=200, description="default: the recipe's")
 
 
 class SoupCreate(_Strict):
-    ingredients: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
+    ingredients: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
         min_length=2, max_length=MAX_INGREDIENTS, description="succeeded fine-tuning job ids"
     )
-    method: Literal[SOUP_METHODS] = "uniform"
+    method: Literal[tuple(MERGE_METHODS)] = Field(  # type: ignore[valid-type]
+        DEFAULT_METHOD, description="one of GET /catalog/soups"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, max_length=16, description="the method's parameters"
+    )
     shifts: _Shifts = Field(default_factory=list)
 
     @field_validator("ingredients")
@@ -178,28 +240,30 @@ class SoupCreate(_Strict):
 
 
 class SoupJobCreate(SoupCreate):
-    kind: Literal["soup"]
+    kind: Literal[JobKind.SOUP.value]
 
 
 def _job_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        return value.get("kind", "finetune")
+        return value.get("kind", JobKind.FINETUNE.value)
     return getattr(value, "kind", None)
 
 
 # `kind` picks the body; a body without it is a fine-tuning job.
 JobCreate = Annotated[
-    Annotated[FinetuneCreate, Tag("finetune")]
-    | Annotated[PretrainCreate, Tag("pretrain")]
-    | Annotated[SoupJobCreate, Tag("soup")],
+    Annotated[FinetuneCreate, Tag(JobKind.FINETUNE.value)]
+    | Annotated[PretrainCreate, Tag(JobKind.PRETRAIN.value)]
+    | Annotated[SoupJobCreate, Tag(JobKind.SOUP.value)],
     Discriminator(_job_kind),
 ]
 
 
-class ExperimentCreate(_RunCreate):
+class ExperimentCreate(_TrainCreate):
     name: str | None = Field(None, max_length=200, description="default: model, dataset")
-    strategies: list[StrategyCreate] = Field(min_length=1, max_length=MAX_STRATEGIES)
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+    strategies: list[StrategyCreate] = Field(  # type: ignore[valid-type]
+        min_length=1, max_length=MAX_STRATEGIES
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(
         default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS
     )
 
@@ -215,139 +279,3 @@ class ExperimentCreate(_RunCreate):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be distinct")
         return self
-
-
-# ---------------------------------------------------------------------------------------------
-# responses
-
-
-class _Public(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class JobPublic(_Public):
-    id: int
-    kind: Literal[JOB_KINDS]
-    status: Literal[JOB_STATUSES]
-    experiment_id: int | None
-    model: str | None
-    dataset: str | None
-    strategy: str | None
-    seed: int | None
-    config: dict[str, Any]
-    tuned_params: int | None
-    total_params: int | None
-    progress: float
-    progress_info: dict[str, Any]
-    result: dict[str, Any] | None
-    error: str | None
-    worker: str | None
-    attempts: int
-    cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    heartbeat_at: datetime | None
-    finished_at: datetime | None
-
-
-class JobsPage(BaseModel):
-    items: list[JobPublic]
-    total: int
-    limit: int
-    offset: int
-
-
-class MetricPublic(_Public):
-    epoch: int
-    train_loss: float | None
-    heldout_acc: float | None
-    heldout_loss: float | None
-    test_acc: float | None
-    test_loss: float | None
-    images_per_sec: float | None
-    extra: dict[str, Any]
-
-
-class AngleSet(BaseModel):
-    units: dict[str, float] = {}
-    tensors: dict[str, float] = {}
-
-
-class EpochAngles(AngleSet):
-    epoch: int
-
-
-class AnglesPublic(BaseModel):
-    job_id: int
-    final: AngleSet | None  # None until the job recorded its final angles
-    epochs: list[EpochAngles]
-
-
-class ArtifactPublic(_Public):
-    kind: str
-    location: str
-    size_bytes: int
-    sha256: str
-    created_at: datetime
-
-
-class SoupPublic(_Public):
-    id: int
-    job_id: int
-    status: Literal[JOB_STATUSES]
-    method: Literal[SOUP_METHODS]
-    ingredients: list[int]
-    shifts: list[str]
-    trace: list[dict[str, Any]]
-    score_in: float | None
-    scores_out: dict[str, float]
-    error: str | None
-
-
-class StrategySummary(BaseModel):
-    label: str  # "attn_only", "angle_topk(k=7, order=smallest)"
-    strategy: str
-    params: dict[str, Any]
-    jobs: int
-    succeeded: int
-    test_acc_mean: float | None
-    test_acc_std: float | None  # sample standard deviation over seeds (0 for one seed)
-    heldout_acc_mean: float | None
-    shift_acc_mean: dict[str, float]  # {shift: mean accuracy over succeeded seeds}
-    tuned_params: int | None
-    tuned_fraction: float | None
-
-
-class ExperimentPublic(_Public):
-    id: int
-    name: str
-    model: str
-    dataset: str
-    hparams: dict[str, Any]
-    config: dict[str, Any]
-    created_at: datetime
-    status_counts: dict[str, int] = {}
-
-
-class ExperimentDetail(ExperimentPublic):
-    job_ids: list[int]
-    summary: list[StrategySummary]
-
-
-class ExperimentsPage(BaseModel):
-    items: list[ExperimentPublic]
-    total: int
-    limit: int
-    offset: int
-
-
-class ExperimentCreated(BaseModel):
-    experiment: ExperimentPublic
-    jobs: list[JobPublic]
-
-
-class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    database: bool
-    broker: bool
-    version: str

@@ -1,6 +1,11 @@
-"""Turning validated requests into queued jobs: the checks that need the database or a unit
-map, then one transaction for all rows. The caller then sends the jobs to the broker
-(`backend.enqueue.enqueue_jobs`; the API does it right after answering).
+"""Turning validated requests into queued jobs: the checks that need the database, a unit map
+or the data folder, then one transaction for all rows. The caller then sends the jobs to the
+broker (`backend.enqueue.enqueue_jobs`; the API does it right after answering).
+
+Each job's config is its spec (`pft.jobs.specs`), built here once and stored verbatim:
+the strategy is resolved at submission (defaults filled, units in depth order, a reference
+job's final unit angles filled in by `pft.strategies.prepare_params`), so the worker runs
+exactly what was accepted.
 
 No HTTP here: a user mistake raises `InvalidRequest` naming the request field (``loc``) and the
 accepted values; the API turns it into a 422. Nothing is written when a check fails.
@@ -8,25 +13,39 @@ accepted values; the API turns it into a 422. Nothing is written when a check fa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from backend import crud
+from backend.core.config import ApiSettings
 from backend.db.models import Experiment, Job, utcnow
 from backend.schemas import (
     ExperimentCreate,
     FinetuneCreate,
     PretrainCreate,
+    RunCreate,
     SoupCreate,
     StrategyCreate,
 )
 from backend.unit_maps import lookup_unit_map
-from pft.dataset_catalog import dataset_info
+from contract.vocab import JobKind, JobStatus
+from pft.dataset_catalog import IMAGEFOLDER_PREFIX, dataset_info
 from pft.errors import PftError
+from pft.jobs.specs import FinetuneSpec, Hparams, PretrainSpec, SoupSpec
 from pft.model_catalog import BUILTIN_BACKBONE
-from pft.strategies import STRATEGIES, resolve_strategy
+from pft.paths import contained
+from pft.soups.registry import get_method
+from pft.strategies import (
+    StrategyParam,
+    get_strategy,
+    prepare_params,
+    reference_strategies,
+    resolve_strategy,
+)
+from pft.units import UnitMap
 
 Loc = tuple[str | int, ...]
 
@@ -40,30 +59,52 @@ class InvalidRequest(ValueError):
         self.message = message
 
 
-def _run_identity(job: Job) -> tuple:
-    c = job.config
-    overrides = c.get("model_overrides") or {}
-    return (c.get("model"), c.get("dataset"), c.get("pretrained", True), overrides)
+@dataclass
+class StrategyPlan:
+    """One strategy resolved for one run: what its jobs store."""
+
+    strategy: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tuned_params: int | None = None  # None: no shape table, or an image folder's head
+    total_params: int | None = None
 
 
-def _reference_angles(
-    session: Session, req: FinetuneCreate | ExperimentCreate, ref_id: int, loc: Loc
-) -> dict[str, float]:
-    """Final unit angles of the reference job, after checking it is a usable one."""
+def _identity(spec: FinetuneSpec) -> tuple:
+    return (spec.model, spec.dataset, spec.pretrained, spec.model_overrides)
+
+
+def _request_identity(run: RunCreate) -> tuple:
+    return (run.model, run.dataset, run.pretrained, dict(run.model_overrides))
+
+
+def finetune_spec(job: Job) -> FinetuneSpec:
+    return FinetuneSpec.from_dict(job.config)
+
+
+def check_dataset(run: RunCreate, settings: ApiSettings) -> None:
+    """An image folder must lie below the datasets root, nowhere else."""
+    if run.dataset.startswith(IMAGEFOLDER_PREFIX):
+        try:
+            contained(settings.resolved_datasets_dir, run.dataset[len(IMAGEFOLDER_PREFIX) :])
+        except PftError as exc:
+            raise InvalidRequest(("body", "dataset"), str(exc)) from None
+
+
+def _reference_angles(session: Session, run: RunCreate, ref_id: int, loc: Loc) -> dict[str, float]:
+    """Final unit angles of a reference job, after checking it is a usable one."""
     ref = crud.get_job(session, job_id=ref_id)
     rule = (
-        "reference_job must be a succeeded full fine-tuning job of the same model "
-        f"({req.model}) and dataset ({req.dataset})"
+        "the reference job must be a succeeded full fine-tuning job of the same model "
+        f"({run.model}) and dataset ({run.dataset})"
     )
     if ref is None:
         raise InvalidRequest(loc, f"job {ref_id} does not exist; {rule}")
-    if ref.kind != "finetune" or ref.strategy != "full":
+    if ref.kind != JobKind.FINETUNE or ref.strategy not in reference_strategies():
         what = f"a {ref.kind} job" + (f" with strategy {ref.strategy}" if ref.strategy else "")
         raise InvalidRequest(loc, f"job {ref_id} is {what}; {rule}")
-    if ref.status != "succeeded":
+    if ref.status != JobStatus.SUCCEEDED:
         raise InvalidRequest(loc, f"job {ref_id} is {ref.status}; {rule}")
-    mine = (req.model, req.dataset, req.pretrained, req.model_overrides)
-    if _run_identity(ref) != mine:
+    if _identity(finetune_spec(ref)) != _request_identity(run):
         raise InvalidRequest(loc, f"job {ref_id} fine-tuned {ref.model} on {ref.dataset}; {rule}")
     angles = crud.final_unit_angles(session, job_id=ref_id)
     if not angles:
@@ -71,93 +112,94 @@ def _reference_angles(
     return angles
 
 
-def _strategy_plan(
-    session: Session, req: FinetuneCreate | ExperimentCreate, spec: StrategyCreate, loc: Loc
-) -> dict[str, Any]:
-    """Validates one strategy for the request's model; returns job fields (no seed yet)."""
-    strategy = STRATEGIES[spec.name]
-    params = spec.params()
-    accepted = [p.name for p in strategy.params if p.kind != "angles"]
-    for key in params:
-        if key not in accepted:
-            names = ", ".join(accepted) or "none"
-            raise InvalidRequest(
-                (*loc, key), f"strategy {spec.name!r} takes no parameter {key!r}; accepted: {names}"
-            )
-    if spec.name == "angle_topk":
-        if spec.k is None:
-            raise InvalidRequest((*loc, "k"), "angle_topk needs k (units tuned per group)")
-        if spec.reference_job is None:
-            raise InvalidRequest(
-                (*loc, "reference_job"),
-                "angle_topk needs reference_job: a succeeded full fine-tuning job of the same "
-                "model and dataset, whose angles rank the units",
-            )
-        params["angles"] = _reference_angles(
-            session, req, spec.reference_job, (*loc, "reference_job")
-        )
-    elif spec.reference_job is not None:
-        raise InvalidRequest(
-            (*loc, "reference_job"), "reference_job is only accepted by strategy angle_topk"
-        )
-    if spec.name == "custom" and not spec.units:
-        raise InvalidRequest((*loc, "units"), "custom needs units, e.g. ['ATTN.0', 'FFN.3']")
+def reference_filler(
+    session: Session, run: RunCreate, loc: Loc
+) -> Callable[[StrategyParam, Any], Any]:
+    """The hook `prepare_params` calls for a parameter the lab fills: a job id becomes that
+    job's final per-unit angles."""
 
-    num_classes = dataset_info(req.dataset).num_classes
+    def fill(param: StrategyParam, value: Any) -> Any:
+        return _reference_angles(session, run, int(value), (*loc, param.name))
+
+    return fill
+
+
+def param_loc(name: str, exc: PftError, loc: Loc) -> Loc:
+    """Where a strategy's PftError points in the request: its parameter, or the public one
+    that fills it (``angles`` -> ``reference_job``), else the strategy itself."""
+    target = getattr(exc, "field", None)
+    if target is None:
+        return loc
+    for p in get_strategy(name).params:
+        if p.public and p.fills == target:
+            return (*loc, p.name)
+    return (*loc, target)
+
+
+def run_unit_map(session: Session, run: RunCreate) -> tuple[UnitMap | None, int | None]:
+    """The run's unit map (None without a shape table) and its class count (None: a folder)."""
+    num_classes = dataset_info(run.dataset).num_classes
     um = lookup_unit_map(
-        session, model=req.model, num_classes=num_classes or 1, overrides=req.model_overrides
+        session, model=run.model, num_classes=num_classes or 1, overrides=run.model_overrides
     )
-    tuned = total = None
+    return um, num_classes
+
+
+def plan_strategy(session: Session, run: RunCreate, spec: StrategyCreate, loc: Loc) -> StrategyPlan:
+    """Validates and resolves one strategy for the run's model."""
+    name = spec.name
+    try:
+        params = prepare_params(name, spec.params(), fill=reference_filler(session, run, loc))
+    except PftError as exc:
+        raise InvalidRequest(param_loc(name, exc, loc), str(exc)) from None
+    um, num_classes = run_unit_map(session, run)
     if um is None:
-        if spec.name in ("angle_topk", "custom"):
+        if get_strategy(name).params:
             raise InvalidRequest(
                 ("body", "model"),
-                f"no shape table for {req.model!r} yet, so {spec.name} cannot be checked; "
-                "run any other strategy on it first (or `pft units MODEL`)",
+                f"no shape table for {run.model!r} yet, so the parameters of {name} cannot be "
+                "checked; run a strategy without parameters on it first (or `pft units MODEL`)",
             )
-    else:
-        try:
-            selection = resolve_strategy(um, spec.name, **params)
-        except PftError as exc:
-            raise InvalidRequest(loc, str(exc)) from None
-        params = selection.params
-        if num_classes is not None:  # image folders: head size known once the folder is read
-            tuned, total = selection.tuned_params, selection.total_params
-    strategy_config = {"name": spec.name, **params}
-    if spec.reference_job is not None:
-        strategy_config["reference_job"] = spec.reference_job
-    return {"strategy": strategy_config, "tuned_params": tuned, "total_params": total}
+        return StrategyPlan(name, params)
+    try:
+        selection = resolve_strategy(um, name, **params)
+    except PftError as exc:
+        raise InvalidRequest(param_loc(name, exc, loc), str(exc)) from None
+    plan = StrategyPlan(name, dict(selection.params))
+    if num_classes is not None:  # image folders: head size known once the folder is read
+        plan.tuned_params, plan.total_params = selection.tuned_params, selection.total_params
+    return plan
 
 
 def _finetune_job(
     session: Session,
     req: FinetuneCreate | ExperimentCreate,
-    plan: dict[str, Any],
+    plan: StrategyPlan,
     *,
     seed: int,
     experiment_id: int | None = None,
 ) -> Job:
-    hparams = {**req.hparams.model_dump(), "seed": seed}
-    config = {
-        "model": req.model,
-        "model_overrides": dict(req.model_overrides),
-        "pretrained": req.pretrained,
-        "dataset": req.dataset,
-        "strategy": plan["strategy"],
-        "hparams": hparams,
-        "shifts": list(req.shifts),
-    }
-    return crud.create_job(
-        session,
-        kind="finetune",
-        config=config,
-        experiment_id=experiment_id,
+    spec = FinetuneSpec(
         model=req.model,
         dataset=req.dataset,
-        strategy=plan["strategy"]["name"],
+        strategy=plan.strategy,
+        strategy_params=plan.params,
+        hparams=Hparams(**{**req.hparams.model_dump(), "seed": seed}),
+        pretrained=req.pretrained,
+        model_overrides=dict(req.model_overrides),
+        shifts=list(req.shifts),
+    )
+    return crud.create_job(
+        session,
+        kind=spec.kind,
+        config=spec.to_dict(),
+        experiment_id=experiment_id,
+        model=spec.model,
+        dataset=spec.dataset,
+        strategy=spec.strategy,
         seed=seed,
-        tuned_params=plan["tuned_params"],
-        total_params=plan["total_params"],
+        tuned_params=plan.tuned_params,
+        total_params=plan.total_params,
     )
 
 
@@ -171,75 +213,95 @@ def _commit(session: Session, jobs: Sequence[Job]) -> None:
     session.commit()
 
 
-def submit_finetune(session: Session, req: FinetuneCreate) -> Job:
-    plan = _strategy_plan(session, req, req.strategy, ("body", "strategy"))
+def submit_finetune(session: Session, req: FinetuneCreate, *, settings: ApiSettings) -> Job:
+    check_dataset(req, settings)
+    plan = plan_strategy(session, req, req.strategy, ("body", "strategy"))
     job = _finetune_job(session, req, plan, seed=req.hparams.seed)
     _commit(session, [job])
     return job
 
 
 def submit_pretrain(session: Session, req: PretrainCreate) -> Job:
-    config: dict[str, Any] = {"model": BUILTIN_BACKBONE}
-    if req.epochs is not None:
-        config["epochs"] = req.epochs
-    job = crud.create_job(session, kind="pretrain", config=config, model=BUILTIN_BACKBONE)
+    spec = PretrainSpec(epochs=req.epochs)
+    job = crud.create_job(session, kind=spec.kind, config=spec.to_dict(), model=BUILTIN_BACKBONE)
     _commit(session, [job])
     return job
 
 
-def _head_seed(job: Job) -> int:
-    return int(((job.config or {}).get("hparams") or {}).get("head_seed", 0))
-
-
-def submit_soup(session: Session, req: SoupCreate) -> Job:
-    """A soup job over succeeded fine-tuning jobs of one base model and dataset."""
-    found = crud.get_jobs(session, job_ids=req.ingredients)
+def _check_ingredients(session: Session, ingredients: Sequence[int]) -> Job:
+    """Every ingredient is a succeeded fine-tuning job of one start; returns the first."""
+    found = crud.get_jobs(session, job_ids=ingredients)
     first: Job | None = None
-    for i, job_id in enumerate(req.ingredients):
+    for i, job_id in enumerate(ingredients):
         loc = ("body", "ingredients", i)
         job = found.get(job_id)
         if job is None:
             raise InvalidRequest(loc, f"job {job_id} does not exist")
-        if job.kind != "finetune":
+        if job.kind != JobKind.FINETUNE:
             raise InvalidRequest(
                 loc, f"job {job_id} is a {job.kind} job; soups take fine-tuning jobs"
             )
-        if job.status != "succeeded":
+        if job.status != JobStatus.SUCCEEDED:
             raise InvalidRequest(
                 loc, f"job {job_id} is {job.status}; soups take succeeded fine-tuning jobs only"
             )
         if first is None:
             first = job
-        elif _run_identity(job) != _run_identity(first):
+            continue
+        mine, theirs = finetune_spec(job), finetune_spec(first)
+        if _identity(mine) != _identity(theirs):
             raise InvalidRequest(
                 loc,
                 f"job {job_id} fine-tuned {job.model} on {job.dataset} but job {first.id} "
                 f"fine-tuned {first.model} on {first.dataset}; all ingredients must share the "
                 "base model (and its overrides) and the dataset",
             )
-        elif _head_seed(job) != _head_seed(first):
+        if mine.hparams.head_seed != theirs.hparams.head_seed:
             raise InvalidRequest(
                 loc,
-                f"job {job_id} initialised its head with head_seed {_head_seed(job)} but job "
-                f"{first.id} with {_head_seed(first)}; soup ingredients must share their head "
-                "initialisation (Wortsman et al. 2022)",
+                f"job {job_id} initialised its head with head_seed {mine.hparams.head_seed} but "
+                f"job {first.id} with {theirs.hparams.head_seed}; soup ingredients must share "
+                "their head initialisation (Wortsman et al. 2022)",
             )
     assert first is not None  # at least two ingredients (schema)
-    config = {"ingredients": list(req.ingredients), "method": req.method, "shifts": req.shifts}
+    return first
+
+
+def _method_params(req: SoupCreate) -> dict[str, Any]:
+    try:
+        return get_method(req.method).validate(req.params)
+    except PftError as exc:
+        field = getattr(exc, "field", None)
+        raise InvalidRequest(("body", "params", *([field] if field else [])), str(exc)) from None
+
+
+def submit_soup(session: Session, req: SoupCreate) -> Job:
+    """A soup job over succeeded fine-tuning jobs of one base model and dataset."""
+    params = _method_params(req)
+    first = _check_ingredients(session, req.ingredients)
+    spec = SoupSpec(
+        method=req.method,
+        ingredients=list(req.ingredients),
+        params=params,
+        shifts=list(req.shifts),
+    )
     job = crud.create_job(
-        session, kind="soup", config=config, model=first.model, dataset=first.dataset
+        session, kind=spec.kind, config=spec.to_dict(), model=first.model, dataset=first.dataset
     )
     crud.create_soup(
-        session, job_id=job.id, method=req.method, ingredients=req.ingredients, shifts=req.shifts
+        session, job_id=job.id, method=spec.method, ingredients=spec.ingredients, shifts=spec.shifts
     )
     _commit(session, [job])
     return job
 
 
-def submit_experiment(session: Session, req: ExperimentCreate) -> tuple[Experiment, list[Job]]:
+def submit_experiment(
+    session: Session, req: ExperimentCreate, *, settings: ApiSettings
+) -> tuple[Experiment, list[Job]]:
     """One fine-tuning job per strategy x seed, all written in one transaction."""
+    check_dataset(req, settings)
     plans = [
-        _strategy_plan(session, req, spec, ("body", "strategies", i))
+        plan_strategy(session, req, spec, ("body", "strategies", i))
         for i, spec in enumerate(req.strategies)
     ]
     experiment = crud.create_experiment(

@@ -32,6 +32,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from contract.vocab import API_PREFIX, DEFAULT_HOST
+
 TOKEN = "bench-token"
 SUBMIT = {
     "kind": "finetune",
@@ -44,7 +46,7 @@ SUBMIT = {
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((DEFAULT_HOST, 0))
         return s.getsockname()[1]
 
 
@@ -61,7 +63,7 @@ def _start_server(
         "PFT_DATABASE_URL": "",
     }
     env.pop("PFT_DATABASE_URL")
-    code = f"from backend.main import serve; serve(host='127.0.0.1', port={port})"
+    code = f"from backend.main import serve; serve(host={DEFAULT_HOST!r}, port={port})"
     log = open(data_dir / "api.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
 
@@ -179,7 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pft-api-load-") as tmp:
         port = _free_port()
         server = _start_server(Path(tmp), port, args.broker, queue, args.workers)
-        base = f"http://127.0.0.1:{port}/api/v1"
+        base = f"http://{DEFAULT_HOST}:{port}{API_PREFIX}"
         try:
             _wait_healthy(base)
             result = asyncio.run(_run(base, args.clients, args.seconds, args.think, server.pid))

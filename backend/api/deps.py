@@ -9,18 +9,23 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from backend.api.auth_gate import UNAUTHORIZED
-from backend.core.config import Settings
+from backend.api.auth_gate import UNAUTHORIZED, WORKER_UNAUTHORIZED
+from backend.core.config import ApiSettings
 from backend.core.security import token_matches
 
 _bearer = HTTPBearer(auto_error=False, description="the token from PFT_API_TOKEN or api_token")
+_worker_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="WorkerToken",
+    description="the worker token from PFT_WORKER_TOKEN or worker_token",
+)
 
 
 # The cheap dependencies are `async` on purpose: FastAPI runs sync dependencies in its thread
 # pool, and a thread hop per dependency costs more than the work itself.
 
 
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
@@ -36,25 +41,32 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
+def _check(expected: str, credentials: HTTPAuthorizationCredentials | None, message: str) -> None:
+    given = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        given = credentials.credentials
+    if given is None or not token_matches(expected, given):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
 async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless ``Authorization: Bearer <token>`` carries the API token (constant time)."""
-    expected: str = request.app.state.token
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        given = None
-    else:
-        given = credentials.credentials
-    if given is None or not token_matches(expected, given):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            UNAUTHORIZED,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """401 unless ``Authorization: Bearer <token>`` carries the users' token (constant time)."""
+    _check(request.app.state.token, credentials, UNAUTHORIZED)
+
+
+async def require_worker_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_worker_bearer)],
+) -> None:
+    """401 unless the request carries the worker token (the users' token does not do)."""
+    _check(request.app.state.worker_token, credentials, WORKER_UNAUTHORIZED)
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-TokenDep = Annotated[None, Depends(require_token)]
+SettingsDep = Annotated[ApiSettings, Depends(app_settings)]
 IdPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="a database id")]

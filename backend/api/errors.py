@@ -1,8 +1,10 @@
 """Error responses: every failure is JSON with a ``detail``, never a stack trace.
 
 * 422: schema errors and `backend.submit.InvalidRequest`, as ``{"detail": [{"loc", "msg",
-  "type"}]}`` where ``msg`` names the accepted values;
-* 409: a job-state conflict (`crud.JobStateError`);
+  "type"}]}`` where ``msg`` names the accepted values; also a value the database cannot
+  store (`sqlalchemy.exc.DataError`);
+* 409: a job-state conflict (`crud.JobStateError`), or a worker report whose claim lost the
+  job (raised in `backend.api.routes.worker`);
 * 413: a request body over ``PFT_MAX_BODY_BYTES`` (`BodySizeLimit`);
 * 500: anything unexpected, logged with its traceback and an ``error_id`` to find it.
 """
@@ -16,6 +18,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.crud import JobStateError
@@ -43,9 +46,20 @@ async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
 
 
 async def _pft_error(_: Request, exc: PftError) -> JSONResponse:
+    field = getattr(exc, "field", None)
+    loc = ["body", field] if field else ["body"]
     return JSONResponse(
         status_code=422,
-        content={"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
+        content={"detail": [{"loc": loc, "msg": str(exc), "type": "value_error"}]},
+    )
+
+
+async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
+    # The request passed validation but holds a value the database refuses (PostgreSQL: a NUL
+    # character in a text field); nothing was written (the transaction is rolled back).
+    msg = "the request holds a value the database cannot store (such as a NUL character)"
+    return JSONResponse(
+        status_code=422, content={"detail": [{"loc": ["body"], "msg": msg, "type": "value_error"}]}
     )
 
 
@@ -72,6 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequest, _invalid)
     app.add_exception_handler(PftError, _pft_error)
     app.add_exception_handler(JobStateError, _conflict)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(Exception, _unexpected)
 
 

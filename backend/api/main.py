@@ -1,16 +1,29 @@
-"""The ``/api/v1`` router: every route but ``/health`` requires the bearer token."""
+"""The API router: the users' routes take the users' token, the worker routes the worker
+token, ``/health`` none."""
 
 from fastapi import APIRouter, Depends
 
-from backend.api.deps import require_token
-from backend.api.routes import catalog, experiments, health, jobs, models, soups
+from backend.api.deps import require_token, require_worker_token
+from backend.api.routes import catalog, experiments, health, jobs, models, preview, soups, worker
 
 api_router = APIRouter()
 api_router.include_router(health.router)
-_protected = [catalog.router, models.router, jobs.router, experiments.router, soups.router]
+_protected = [
+    catalog.router,
+    models.router,
+    preview.router,
+    jobs.router,
+    experiments.router,
+    soups.router,
+]
 for router in _protected:
     api_router.include_router(
         router,
         dependencies=[Depends(require_token)],
         responses={401: {"description": "missing or wrong API token"}},
     )
+api_router.include_router(
+    worker.router,
+    dependencies=[Depends(require_worker_token)],
+    responses={401: {"description": "missing or wrong worker token"}},
+)

@@ -1,4 +1,5 @@
-"""The database schema of pft-lab: the one definition that the API and the worker share.
+"""The database schema of pft-lab, defined once; only the API reads and writes it (workers
+report over HTTP, `backend.api.routes.worker`).
 
 SQLAlchemy 2 declarative models, no FastAPI. The database is the source of truth for jobs; the
 broker only carries job ids. Results are keyed so that a redelivered task overwrites instead of
@@ -31,12 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_KINDS = ("pretrain", "finetune", "soup")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-SOUP_METHODS = ("uniform", "greedy", "masked")
-ANGLE_SCOPES = ("unit", "tensor")
-FINAL_EPOCH = -1  # the `epoch` of angles measured on the final weights
+from contract.vocab import JobStatus
 
 
 def utcnow() -> datetime:
@@ -98,9 +94,9 @@ class Job(Base):
     experiment_id: Mapped[int | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="SET NULL"), index=True
     )
-    kind: Mapped[str] = mapped_column(String(16))  # JOB_KINDS
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # JOB_STATUSES
-    config: Mapped[dict[str, Any]] = mapped_column()  # docs/CONTRACTS.md "Jobs"
+    kind: Mapped[str] = mapped_column(String(16))  # contract.vocab.JobKind
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)  # JobStatus
+    config: Mapped[dict[str, Any]] = mapped_column()  # the spec: pft.jobs.specs, to_dict()
     # Denormalised from `config` for filtering, summaries and soup checks.
     model: Mapped[str | None] = mapped_column(String(200))
     dataset: Mapped[str | None] = mapped_column(String(200))
@@ -114,6 +110,8 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column()  # the run's summary
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The current attempt's token: every worker report must carry it (None while queued).
+    claim: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -147,7 +145,8 @@ class Metric(Base):
 
 
 class Angle(Base):
-    """A fine-tuned angle (degrees) of one unit or tensor, per epoch or final (FINAL_EPOCH)."""
+    """A fine-tuned angle (degrees) of one unit or tensor, per epoch or final
+    (`contract.vocab.FINAL_EPOCH`): one `contract.api.AngleRow`."""
 
     __tablename__ = "angles"
     __table_args__ = (UniqueConstraint("job_id", "epoch", "scope", "name"),)
@@ -155,10 +154,14 @@ class Angle(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
-    scope: Mapped[str] = mapped_column(String(8))  # ANGLE_SCOPES
+    scope: Mapped[str] = mapped_column(String(8))  # contract.vocab.AngleScope
     name: Mapped[str] = mapped_column(String(300))  # "ATTN.3" or "blocks.3.attn.qkv.weight"
     angle_deg: Mapped[float] = mapped_column(Float)
     rel_change: Mapped[float | None] = mapped_column(Float)  # ||w - w0|| / ||w0||
+    unit: Mapped[str | None] = mapped_column(String(64))  # the tensor's unit (a unit: itself)
+    group: Mapped[str | None] = mapped_column(String(64))  # the unit's group ("ATTN")
+    block: Mapped[int | None] = mapped_column(Integer)  # the unit's block in depth order
+    part: Mapped[str | None] = mapped_column(String(64))  # the tensor's part ("qkv", "fc1")
 
 
 class Soup(Base):
@@ -170,10 +173,11 @@ class Soup(Base):
     job_id: Mapped[int] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), unique=True, index=True
     )
-    method: Mapped[str] = mapped_column(String(16))  # SOUP_METHODS
+    method: Mapped[str] = mapped_column(String(16))  # a merge method of pft.soups.registry
     ingredients: Mapped[list[Any]] = mapped_column()  # fine-tuning job ids, in request order
     shifts: Mapped[list[Any]] = mapped_column(default=list)
-    # Greedy: [{"order", "job_id", "candidate_score", "accepted"}], one entry per ingredient tried.
+    # Greedy: [{"order", "ingredient", "job_id", "individual_score", "candidate_score",
+    # "accepted"}], one entry per ingredient tried (pft.soups).
     trace: Mapped[list[Any]] = mapped_column(default=list)
     score_in: Mapped[float | None] = mapped_column(Float)  # in-distribution test accuracy
     scores_out: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {shift: accuracy}

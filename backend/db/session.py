@@ -1,8 +1,9 @@
 """Engines, sessions and migrations for the lab's database (SQLite by default, or PostgreSQL).
 
-SQLite connections run in WAL mode (readers never block the writer) with a busy timeout, so the
-API and a worker on one machine can share one file. PostgreSQL URLs use psycopg 3
-(``postgresql+psycopg://...``; a plain ``postgresql://`` is upgraded to it).
+SQLite connections run in WAL mode (readers never block the writer) with a busy timeout. The
+API is the database's only writer: workers report over HTTP (`backend.api.routes.worker`).
+PostgreSQL URLs use psycopg 3 (``postgresql+psycopg://...``; a plain ``postgresql://`` is
+upgraded to it).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 def session_scope(url: str) -> Iterator[Session]:
     """A session on the process-wide engine, committed on success and rolled back on error.
 
-    The worker's convenience: ``with session_scope(settings.db_url) as s: crud.record_epoch(...)``.
+    For scripts and tests: ``with session_scope(settings.db_url) as s: crud.get_job(...)``.
     """
     session = make_sessionmaker(get_engine(url))()
     try:
@@ -95,7 +96,7 @@ def session_scope(url: str) -> Iterator[Session]:
 
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    """Serialises concurrent `migrate` calls (API and worker starting together)."""
+    """Serialises concurrent `migrate` calls (several API processes starting together)."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(7102312)"))
@@ -120,7 +121,7 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 def migrate(url: str) -> None:
     """Brings the database at ``url`` to the newest schema (Alembic ``upgrade head``).
 
-    Called by the API at start and by the worker; safe to call concurrently and repeatedly.
+    Called by the API at start; safe to call concurrently and repeatedly.
     """
     from alembic import command
     from alembic.config import Config

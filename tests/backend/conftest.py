@@ -16,7 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from backend.core.config import Settings
+from backend.core.config import ApiSettings
 from backend.db.models import Base
 from backend.db.session import dispose_engine, get_engine, make_sessionmaker, migrate
 from backend.main import create_app
@@ -25,6 +25,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 TOKEN = "test-token-0123456789"
+WORKER_TOKEN = "test-worker-token-9876543210"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -76,22 +77,31 @@ def queue_name() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(empty_db: str, tmp_path, queue_name: str) -> Settings:
-    return Settings(
+def settings(empty_db: str, tmp_path, queue_name: str) -> ApiSettings:
+    return ApiSettings(
         data_dir=tmp_path / "data",
         database_url=empty_db,
         broker_url=REDIS_URL,
         queue=queue_name,
         api_token=TOKEN,
+        worker_token=WORKER_TOKEN,
         reconcile_interval_s=0,
         enqueue_grace_s=0,
     )
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """The real app (lifespan: migrations) with the bearer token set on every request."""
+def client(settings: ApiSettings) -> Iterator[TestClient]:
+    """The real app (lifespan: migrations) with the users' bearer token on every request."""
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield c
+
+
+@pytest.fixture
+def worker_client(client: TestClient) -> Iterator[TestClient]:
+    """The same app as ``client``, as a worker sees it: the worker token on every request."""
+    with TestClient(client.app, raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = f"Bearer {WORKER_TOKEN}"
         yield c

@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from backend.core.config import Settings
+from backend.core.config import ApiSettings
 from backend.enqueue import broker_job_ids, broker_reachable, enqueue_job, job_id_of, task_id_for
 
 from .conftest import REDIS_URL
@@ -20,7 +20,7 @@ def _messages(queue: str) -> list[dict]:
 
 
 def test_enqueue_sends_the_task_name_and_only_the_job_id(queue_name: str, tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, queue=queue_name)
+    settings = ApiSettings(data_dir=tmp_path, broker_url=REDIS_URL, queue=queue_name)
     assert enqueue_job(41, settings=settings)
     assert enqueue_job(42, settings=settings)
     messages = _messages(queue_name)
@@ -33,7 +33,7 @@ def test_enqueue_sends_the_task_name_and_only_the_job_id(queue_name: str, tmp_pa
 
 
 def test_unacked_messages_count_as_held(queue_name: str, tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path, broker_url=REDIS_URL, queue=queue_name)
+    settings = ApiSettings(data_dir=tmp_path, broker_url=REDIS_URL, queue=queue_name)
     client = redis.Redis.from_url(REDIS_URL)
     message = {"headers": {"id": task_id_for(7)}, "body": ""}
     tag = f"tag-{queue_name}"
@@ -57,10 +57,10 @@ def _closed_port() -> int:
 
 
 def test_a_dead_broker_fails_fast_without_raising(tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{_closed_port()}/0")
+    settings = ApiSettings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{_closed_port()}/0")
     start = time.monotonic()
     assert not enqueue_job(1, settings=settings)
     assert not broker_reachable(settings=settings)
     assert broker_job_ids(settings=settings) is None
     assert time.monotonic() - start < 10
-    assert broker_reachable(settings=Settings(data_dir=tmp_path, broker_url=REDIS_URL))
+    assert broker_reachable(settings=ApiSettings(data_dir=tmp_path, broker_url=REDIS_URL))

@@ -7,8 +7,8 @@ import time
 import redis
 from sqlalchemy.orm import Session
 
-from backend import crud
-from backend.core.config import Settings
+from backend import claims, crud
+from backend.core.config import ApiSettings
 from backend.db.session import get_engine, make_sessionmaker
 from backend.enqueue import broker_job_ids, enqueue_job
 from backend.reconciler import Reconciler, reconcile
@@ -17,12 +17,12 @@ from tests.utils.factories import queued_finetune
 from .conftest import REDIS_URL
 
 
-def _settings(settings: Settings, **kw) -> Settings:
+def _settings(settings: ApiSettings, **kw) -> ApiSettings:
     return settings.model_copy(update=kw)
 
 
 def test_queued_jobs_unknown_to_the_broker_are_enqueued_once(
-    session: Session, settings: Settings
+    session: Session, settings: ApiSettings
 ) -> None:
     lost = queued_finetune(session)
     held = queued_finetune(session)
@@ -34,18 +34,21 @@ def test_queued_jobs_unknown_to_the_broker_are_enqueued_once(
     assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 2
 
 
-def test_recently_enqueued_jobs_get_a_grace_period(session: Session, settings: Settings) -> None:
+def test_recently_enqueued_jobs_get_a_grace_period(session: Session, settings: ApiSettings) -> None:
     job = queued_finetune(session)
     crud.mark_enqueued(session, job_ids=[job.id])  # sent, but the message is "in flight"
     assert reconcile(session, settings=_settings(settings, enqueue_grace_s=60)).enqueued == []
     assert reconcile(session, settings=settings).enqueued == [job.id]
 
 
-def test_stale_running_jobs_are_requeued_then_failed(session: Session, settings: Settings) -> None:
+def test_stale_running_jobs_are_requeued_then_failed(
+    session: Session, settings: ApiSettings
+) -> None:
     job = queued_finetune(session)
     quick = _settings(settings, heartbeat_stale_s=0.3, max_attempts=2)
     for attempt in (1, 2):
-        assert crud.claim_job(session, job_id=job.id, worker=f"w{attempt}") is not None
+        claim = claims.claim_job(session, job_id=job.id, worker=f"w{attempt}", stale_after_s=60)
+        assert claim is not None
         time.sleep(0.5)
         report = reconcile(session, settings=quick)
         session.refresh(job)
@@ -59,15 +62,15 @@ def test_stale_running_jobs_are_requeued_then_failed(session: Session, settings:
 
 
 def test_running_jobs_with_fresh_heartbeats_are_left_alone(
-    session: Session, settings: Settings
+    session: Session, settings: ApiSettings
 ) -> None:
     job = queued_finetune(session)
-    crud.claim_job(session, job_id=job.id, worker="w")
+    assert claims.claim_job(session, job_id=job.id, worker="w", stale_after_s=60) is not None
     report = reconcile(session, settings=settings)
     assert report.requeued == report.failed == report.enqueued == []
 
 
-def test_background_thread_reconciles_periodically(session: Session, settings: Settings) -> None:
+def test_background_thread_reconciles_periodically(session: Session, settings: ApiSettings) -> None:
     job = queued_finetune(session)
     thread = Reconciler(
         make_sessionmaker(get_engine(settings.db_url)),

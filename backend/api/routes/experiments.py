@@ -12,15 +12,15 @@ from backend import crud, results
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Experiment
 from backend.enqueue import enqueue_jobs
-from backend.schemas import (
-    ExperimentCreate,
+from backend.schemas import ExperimentCreate
+from backend.submit import submit_experiment
+from contract.api import (
     ExperimentCreated,
     ExperimentDetail,
     ExperimentPublic,
     ExperimentsPage,
     JobPublic,
 )
-from backend.submit import submit_experiment
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 _NOT_FOUND = {404: {"description": "no such experiment"}}
@@ -48,7 +48,7 @@ def create_experiment(
     background: BackgroundTasks,
 ) -> ExperimentCreated:
     """Creates one fine-tuning job per strategy x seed and queues them all."""
-    experiment, jobs = submit_experiment(session, request)
+    experiment, jobs = submit_experiment(session, request, settings=settings)
     background.add_task(enqueue_jobs, [j.id for j in jobs], settings=settings)
     session.refresh(experiment)
     return ExperimentCreated(

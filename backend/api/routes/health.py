@@ -1,40 +1,79 @@
-"""``GET /health``: database and broker reachability (the one route without auth)."""
+"""``GET /health``: database reachable and writable, broker reachable (the one open route).
+
+"Writable" is probed with a real write that is rolled back: a no-op UPDATE of the one-row
+``alembic_version`` table, under a short lock timeout. A database that answers reads but not
+writes (read-only file or mount, a full disk on PostgreSQL's side, a standby, a writer holding
+SQLite's lock) is reported unwritable, and the API answers 503 "degraded".
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from backend.api.deps import SessionDep, SettingsDep
 from backend.enqueue import broker_reachable
-from backend.schemas import Health
+from contract.api import Health
 
 router = APIRouter(tags=["health"])
+
+PROBE_TIMEOUT_MS = 2000
+_SQLITE_BUSY_MS = 30_000  # backend.db.session's connect timeout, restored after the probe
+
+
+def database_reachable(session: Session) -> bool:
+    try:
+        session.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "unreachable"
+        return False
+    finally:
+        session.rollback()
+
+
+def database_writable(session: Session) -> bool:
+    """Whether a write would succeed now (nothing is written: the probe is rolled back)."""
+    try:
+        conn = session.connection()
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {PROBE_TIMEOUT_MS}")
+        else:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {PROBE_TIMEOUT_MS}")
+        try:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        finally:
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not writable"
+        return False
+    finally:
+        session.rollback()
 
 
 @router.get(
     "/health",
     response_model=Health,
-    responses={503: {"model": Health, "description": "the database is unreachable"}},
+    responses={503: {"model": Health, "description": "the database is unreachable or read-only"}},
 )
 def health(session: SessionDep, settings: SettingsDep, response: Response) -> Health:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        session.execute(text("SELECT 1"))
-        database = True
-    except Exception:  # noqa: BLE001 - any failure means "unreachable"
-        database = False
+    database = database_reachable(session)
+    writable = database and database_writable(session)
     broker = broker_reachable(settings=settings)
     try:
         ver = version("pft-lab")
     except PackageNotFoundError:
         ver = "unknown"
-    if not database:
+    if not writable:
         response.status_code = 503
     return Health(
-        status="ok" if database and broker else "degraded",
+        status="ok" if writable and broker else "degraded",
         database=database,
+        database_writable=writable,
         broker=broker,
         version=ver,
     )

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Query, status
 
 from backend import crud
 from backend.api.deps import IdPath, SessionDep, SettingsDep
-from backend.db.models import FINAL_EPOCH, JOB_KINDS, JOB_STATUSES, Job
+from backend.db.models import Job
 from backend.enqueue import enqueue_job, enqueue_jobs
-from backend.schemas import (
+from backend.schemas import FinetuneCreate, JobCreate, PretrainCreate
+from backend.submit import submit_finetune, submit_pretrain, submit_soup
+from contract.api import (
+    AngleRow,
     AngleSet,
     AnglesPublic,
     ArtifactPublic,
     EpochAngles,
-    FinetuneCreate,
-    JobCreate,
     JobPublic,
     JobsPage,
     MetricPublic,
-    PretrainCreate,
 )
-from backend.submit import submit_finetune, submit_pretrain, submit_soup
+from contract.vocab import FINAL_EPOCH, AngleScope, JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -43,11 +43,11 @@ def create_job(
     settings: SettingsDep,
     background: BackgroundTasks,
 ) -> Job:
-    """Submits one job: ``finetune`` (the default kind; strategy ``full`` by default),
-    ``pretrain`` or ``soup``. The job is queued in the database when this answers, and sent to
-    the broker right after."""
+    """Submits one job: ``finetune`` (the default kind; the registry's first strategy, full
+    fine-tuning, by default), ``pretrain`` or ``soup``. The job is queued in the database when
+    this answers, and sent to the broker right after."""
     if isinstance(request, FinetuneCreate):
-        job = submit_finetune(session, request)
+        job = submit_finetune(session, request, settings=settings)
     elif isinstance(request, PretrainCreate):
         job = submit_pretrain(session, request)
     else:
@@ -60,8 +60,8 @@ def create_job(
 def list_jobs(
     session: SessionDep,
     experiment_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    status_: Annotated[Literal[JOB_STATUSES] | None, Query(alias="status")] = None,
-    kind: Annotated[Literal[JOB_KINDS] | None, Query()] = None,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    kind: Annotated[JobKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobsPage:
@@ -88,12 +88,14 @@ def read_metrics(job_id: IdPath, session: SessionDep) -> list:
 
 @router.get("/{job_id}/angles", response_model=AnglesPublic, responses=_NOT_FOUND)
 def read_angles(job_id: IdPath, session: SessionDep) -> AnglesPublic:
-    """Fine-tuned angles in degrees per unit and per tensor: final and per epoch."""
+    """Fine-tuned angle rows (degrees, relative change, unit, group, block, part) per unit and
+    per tensor: on the final weights and after each epoch."""
     get_job_or_404(session, job_id)
     sets: dict[int, AngleSet] = {}
     for a in crud.get_angles(session, job_id=job_id):
-        target = sets.setdefault(a.epoch, AngleSet(units={}, tensors={}))
-        (target.units if a.scope == "unit" else target.tensors)[a.name] = a.angle_deg
+        target = sets.setdefault(a.epoch, AngleSet())
+        row = AngleRow.model_validate(a)
+        (target.units if a.scope == AngleScope.UNIT else target.tensors).append(row)
     final = sets.pop(FINAL_EPOCH, None)
     epochs = [
         EpochAngles(epoch=e, units=s.units, tensors=s.tensors) for e, s in sorted(sets.items())
@@ -114,7 +116,7 @@ def read_artifacts(job_id: IdPath, session: SessionDep) -> list:
     responses={**_NOT_FOUND, 409: {"description": "the job has already finished"}},
 )
 def cancel_job(job_id: IdPath, session: SessionDep) -> Job:
-    """Cancels a queued job at once; a running job stops at its worker's next check."""
+    """Cancels a queued job at once; a running job stops when its worker next reports."""
     get_job_or_404(session, job_id)
     crud.request_cancel(session, job_id=job_id)
     job = get_job_or_404(session, job_id)

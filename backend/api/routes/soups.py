@@ -12,8 +12,9 @@ from backend import crud
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Job
 from backend.enqueue import enqueue_jobs
-from backend.schemas import SoupCreate, SoupPublic
+from backend.schemas import SoupCreate
 from backend.submit import submit_soup
+from contract.api import SoupPublic
 
 router = APIRouter(prefix="/soups", tags=["soups"])
 
@@ -38,8 +39,8 @@ def _public(job: Job) -> SoupPublic:
 def create_soup(
     request: SoupCreate, session: SessionDep, settings: SettingsDep, background: BackgroundTasks
 ) -> SoupPublic:
-    """A soup job over ``ingredients`` (succeeded fine-tuning jobs of one model and dataset),
-    ``uniform``, ``greedy`` (Wortsman et al. 2022) or ``masked``, evaluated on ``shifts``."""
+    """A soup job over ``ingredients`` (succeeded fine-tuning jobs of one model and dataset)
+    merged by ``method`` (GET /catalog/soups), evaluated on ``shifts``."""
     job = submit_soup(session, request)
     background.add_task(enqueue_jobs, [job.id], settings=settings)
     session.refresh(job)

@@ -1,5 +1,5 @@
 """Property-based run of schemathesis against the OpenAPI schema: no input yields a 5xx, and
-every response matches the documented schema.
+every response matches the documented schema (the worker routes with the worker token).
 
 Capped at a few examples per operation so it fits the 2-core test budget; both databases.
 (Driven through `as_strategy` rather than `schemathesis.pytest.from_fixture`, which does not
@@ -14,10 +14,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from ..conftest import TOKEN
+from contract.vocab import API_PREFIX, WORKER_ROUTES
+
+from ..conftest import TOKEN, WORKER_TOKEN
 
 MAX_EXAMPLES = 15
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WORKER_AUTH = {"Authorization": f"Bearer {WORKER_TOKEN}"}
 
 
 @pytest.mark.slow
@@ -37,7 +40,8 @@ def test_no_server_errors(client: TestClient) -> None:
             suppress_health_check=list(HealthCheck),
         )
         def run(case: schemathesis.Case) -> None:
-            response = case.call(headers=AUTH)
+            worker = case.formatted_path.startswith(f"{API_PREFIX}{WORKER_ROUTES}/")
+            response = case.call(headers=WORKER_AUTH if worker else AUTH)
             assert response.status_code < 500, (case.method, case.formatted_path, response.text)
             # Schema-valid requests may still be 422: catalogue names, reference jobs and soup
             # ingredients are checked against data the schema cannot express.
@@ -47,5 +51,5 @@ def test_no_server_errors(client: TestClient) -> None:
             run()
         except Exception as exc:  # collect every operation's failure, then report them all
             failures.append(f"{operation.label}: {exc}")
-    assert operations >= 18
+    assert operations >= 24
     assert not failures, "\n\n".join(failures)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 
-from backend import crud
-from backend.db.session import get_engine, make_sessionmaker
+from backend import claims
+from backend.db.session import get_engine, make_engine, make_sessionmaker
+from backend.unit_maps import CACHE, CACHE_SIZE, lookup_unit_map
 from pft.model_catalog import TEST_MODEL, get_spec, shape_key, shape_table
+from pft.soups.registry import MERGE_METHODS
 from pft.strategies import STRATEGIES
 
 
 def test_health_needs_no_token(client: TestClient) -> None:
     r = client.get("/api/v1/health", headers={"Authorization": ""})
     assert r.status_code == 200
-    assert r.json()["database"] is True and r.json()["broker"] is True
-    assert r.json()["status"] == "ok"
+    body = r.json()
+    assert body["database"] is True and body["database_writable"] is True
+    assert body["broker"] is True and body["status"] == "ok"
 
 
 @pytest.mark.parametrize(
@@ -24,6 +28,7 @@ def test_health_needs_no_token(client: TestClient) -> None:
         "/catalog/models",
         "/catalog/datasets",
         "/catalog/strategies",
+        "/catalog/soups",
         "/jobs",
         "/jobs/1",
         "/experiments",
@@ -49,8 +54,13 @@ def test_catalogues(client: TestClient) -> None:
     assert "gaussian_noise" in {s["name"] for s in datasets["shifts"]}
     strategies = {s["name"]: s for s in client.get("/api/v1/catalog/strategies").json()}
     assert set(strategies) == set(STRATEGIES)
-    topk = [p["name"] for p in strategies["angle_topk"]["params"]]
-    assert topk == ["k", "order", "reference_job"]
+    # Public parameters only: what a lab fills (a reference job's angles) is never asked for.
+    for name, entry in strategies.items():
+        public = [p.name for p in STRATEGIES[name].params if p.public]
+        assert [p["name"] for p in entry["params"]] == public
+    soups = client.get("/api/v1/catalog/soups").json()
+    assert [m["name"] for m in soups] == list(MERGE_METHODS)
+    assert all(m["description"] for m in soups)
 
 
 def test_unit_preview_for_a_model_with_a_slash(client: TestClient) -> None:
@@ -59,13 +69,10 @@ def test_unit_preview_for_a_model_with_a_slash(client: TestClient) -> None:
     body = r.json()
     assert body["unit_map"]["depth"] == 4 and body["unit_map"]["num_classes"] == 4
     counts = {s["name"]: s["tuned_params"] for s in body["strategies"]}
+    assert set(counts) == {s.name for s in STRATEGIES.values() if not s.params}
     total = body["unit_map"]["total_params"]
-    assert counts["full"] == total
-    assert counts["linear_probe"] == body["unit_map"]["head_params"]
-    assert counts["linear_probe"] < counts["attn_only"] < counts["full"]
-    assert body["angle_topk"]["max_k"] == 4
-    by_k = body["angle_topk"]["tuned_params_by_k"]
-    assert by_k["4"] == counts["attn_only"] + counts["ffn_only"] - counts["linear_probe"]
+    assert max(counts.values()) == total
+    assert min(counts.values()) == body["unit_map"]["head_params"]
 
 
 def test_unit_preview_unknown_model_and_missing_table(client: TestClient, settings) -> None:
@@ -82,7 +89,7 @@ def test_unit_preview_from_a_table_a_worker_stored(client: TestClient, settings)
     name = "vit_huge_patch14_224"  # never used by the 404 test (the API caches found maps)
     micro = shape_table(get_spec(TEST_MODEL))
     with make_sessionmaker(get_engine(settings.db_url))() as s:
-        crud.store_shape_table(s, key=shape_key(get_spec(name)), model=name, table=micro)
+        claims.store_shape_table(s, key=shape_key(get_spec(name)), model=name, table=micro)
     r = client.get(f"/api/v1/models/{name}/units", params={"num_classes": 3})
     assert r.status_code == 200, r.text
     assert r.json()["unit_map"]["depth"] == 4
@@ -108,7 +115,49 @@ def test_health_reports_a_dead_broker(settings) -> None:
     assert body == {**body, "status": "degraded", "database": True, "broker": False}
 
 
-@pytest.mark.parametrize("path", ["/jobs", "/experiments", "/soups", "/jobs/1/cancel"])
+def _read_only_engine(url: str) -> Engine:
+    """An engine on the same database whose every connection refuses writes."""
+    if url.startswith("sqlite"):
+        return make_engine(f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true")
+    engine = make_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_conn, _record) -> None:  # noqa: ANN001 (DBAPI connection)
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET default_transaction_read_only = on")
+        dbapi_conn.commit()
+
+    return engine
+
+
+def test_health_reports_a_read_only_database(settings) -> None:
+    """A database that answers reads but refuses writes is "degraded", with a 503."""
+    from backend.main import create_app
+
+    app = create_app(settings)
+    read_only = _read_only_engine(settings.db_url)
+    try:
+        with TestClient(app) as c:
+            app.state.sessions = make_sessionmaker(read_only)
+            r = c.get("/api/v1/health")
+    finally:
+        read_only.dispose()
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body == {**body, "status": "degraded", "database": True, "database_writable": False}
+
+
+def test_the_unit_map_cache_is_bounded(client: TestClient, settings) -> None:
+    CACHE.clear()
+    with make_sessionmaker(get_engine(settings.db_url))() as s:
+        for n in range(1, CACHE_SIZE + 11):
+            assert lookup_unit_map(s, model=TEST_MODEL, num_classes=n) is not None
+    assert len(CACHE) == CACHE_SIZE
+    first = CACHE.get((TEST_MODEL, "{}", CACHE_SIZE + 10))
+    assert first is not None and CACHE.get((TEST_MODEL, "{}", 1)) is None  # oldest evicted
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/experiments", "/soups", "/jobs/1/cancel", "/preview"])
 def test_posts_need_the_token_and_write_nothing(client: TestClient, path: str) -> None:
     body = {"model": TEST_MODEL, "dataset": "synthetic", "strategies": [{"name": "full"}]}
     r = client.post(f"/api/v1{path}", json=body, headers={"Authorization": "Bearer nope"})

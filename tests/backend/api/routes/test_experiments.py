@@ -8,11 +8,14 @@ import statistics
 
 from fastapi.testclient import TestClient
 
-from backend import crud
-from backend.core.config import Settings
+from backend import claims
+from backend.core.config import ApiSettings
+from backend.db.models import Job
 from backend.db.session import get_engine, make_sessionmaker
 from backend.enqueue import broker_job_ids
+from contract.api import EpochRecord, ExperimentDetail, FinishReport
 from pft.model_catalog import TEST_MODEL
+from tests.utils.factories import claimed
 
 BODY = {
     "model": TEST_MODEL,
@@ -23,20 +26,19 @@ BODY = {
 }
 
 
-def _run(settings: Settings, job_id: int, acc: float | None, status: str = "succeeded") -> None:
-    """Plays the worker's part for one job (the real crud helpers, no Celery)."""
+def _run(settings: ApiSettings, job_id: int, acc: float | None, status: str = "succeeded") -> None:
+    """Plays the worker's part for one job (what the worker routes call, no Celery)."""
     with make_sessionmaker(get_engine(settings.db_url))() as s:
-        assert crud.claim_job(s, job_id=job_id, worker="test") is not None
+        claim = claimed(s, s.get(Job, job_id))
+        epochs = []
         if acc is not None:
-            crud.record_epoch(
-                s, job_id=job_id, epoch=1, metrics={"test_acc": acc, "heldout_acc": acc}
-            )
-        crud.finish_job(
-            s, job_id=job_id, worker="test", status=status, result={"shifts": {"blur": acc}}
-        )
+            epochs = [EpochRecord(epoch=1, metrics={"test_acc": acc, "heldout_acc": acc})]
+        result = {"shifts": {"blur": acc}} if acc is not None else None
+        report = FinishReport(claim=claim, status=status, result=result, epochs=epochs)
+        assert claims.finish_job(s, job_id=job_id, claim=claim, report=report)
 
 
-def test_one_job_per_strategy_and_seed(client: TestClient, settings: Settings) -> None:
+def test_one_job_per_strategy_and_seed(client: TestClient, settings: ApiSettings) -> None:
     r = client.post("/api/v1/experiments", json={**BODY, "name": "first"})
     assert r.status_code == 201, r.text
     body = r.json()
@@ -77,7 +79,7 @@ def test_list_caps(client: TestClient) -> None:
     assert r.status_code == 422 and "printable" in r.json()["detail"][0]["msg"]
 
 
-def test_summary_and_exports(client: TestClient, settings: Settings) -> None:
+def test_summary_and_exports(client: TestClient, settings: ApiSettings) -> None:
     created = client.post("/api/v1/experiments", json=BODY).json()
     exp_id = created["experiment"]["id"]
     accs = {"full": (0.9, 0.8), "attn_only": (0.7, 0.6), "linear_probe": (0.5, None)}
@@ -85,6 +87,7 @@ def test_summary_and_exports(client: TestClient, settings: Settings) -> None:
         acc = accs[job["strategy"]][job["seed"]]
         _run(settings, job["id"], acc, "succeeded" if acc is not None else "failed")
     detail = client.get(f"/api/v1/experiments/{exp_id}").json()
+    ExperimentDetail.model_validate(detail)
     summary = {s["label"]: s for s in detail["summary"]}
     assert summary["full"]["test_acc_mean"] == statistics.fmean([0.9, 0.8])
     assert summary["full"]["test_acc_std"] == statistics.stdev([0.9, 0.8])
@@ -103,3 +106,20 @@ def test_summary_and_exports(client: TestClient, settings: Settings) -> None:
     assert [row["job_id"] for row in data["jobs"]] == [j["id"] for j in created["jobs"]]
     assert data["jobs"][0]["shift_accuracies"] == {"blur": 0.9}
     assert client.get("/api/v1/experiments/999999/results.csv").status_code == 404
+
+
+def test_summary_labels_show_what_was_asked_not_what_the_lab_filled(
+    client: TestClient, settings: ApiSettings
+) -> None:
+    from tests.utils.factories import finished_finetune
+
+    with make_sessionmaker(get_engine(settings.db_url))() as s:
+        ref = finished_finetune(s)
+    topk = {"name": "angle_topk", "k": 2, "reference_job": ref.id}
+    body = {**BODY, "strategies": [topk], "seeds": [0]}
+    created = client.post("/api/v1/experiments", json=body)
+    assert created.status_code == 201, created.text
+    detail = client.get(f"/api/v1/experiments/{created.json()['experiment']['id']}").json()
+    [summary] = detail["summary"]
+    assert summary["label"] == f"angle_topk(k=2, order=smallest, reference_job={ref.id})"
+    assert summary["params"] == {"k": 2, "order": "smallest", "reference_job": ref.id}
