@@ -1,41 +1,32 @@
-"""Worker settings, read once from ``PFT_*`` environment variables (pydantic-settings).
-
-The settings the API and the worker share (``PFT_DATA_DIR``, ``PFT_DATABASE_URL``,
-``PFT_BROKER_URL``, ``PFT_QUEUE``, ``PFT_HEARTBEAT_STALE_S``, ``PFT_MAX_ATTEMPTS``) are declared
-once, in ``backend.core.config.Settings`` (pydantic only, no FastAPI); the worker adds its own:
-the device, the artifact store and the heartbeat period.
-"""
+"""Worker settings (``PFT_*``): `LabSettings` plus a worker's own; it reaches the lab through
+the API (``PFT_API_URL``) with the worker token and holds no database URL."""
 
 from __future__ import annotations
 
 from functools import cache
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from backend.core.config import Settings
+from contract.settings import LabSettings
 
 
-class WorkerSettings(Settings):
-    # PFT_DEVICE: "cpu", "cuda", "cuda:1", "mps"; unset means cuda if available, else cpu.
-    # Resolved inside the task only, so CUDA is never initialised before the pool forks.
+class WorkerSettings(LabSettings):
+    # "cpu", "cuda", "cuda:1", "mps"; unset: cuda if available (resolved in the task only, so
+    # CUDA is never initialised before the pool forks).
     device: str | None = Field(None, description="torch device; default cuda if available")
-    # PFT_ARTIFACT_URL: a folder, or an fsspec URL (s3://bucket/prefix) that every worker can
-    # reach; job outputs live under <artifact_url>/jobs/<job id>/.
-    artifact_url: str | None = Field(
-        None, description="artifact store; default $PFT_DATA_DIR/artifacts"
-    )
-    # PFT_HEARTBEAT_INTERVAL_S: how often a running job writes heartbeat + progress and reads
-    # its cancel flag. Must be well below PFT_HEARTBEAT_STALE_S.
-    heartbeat_interval_s: float = Field(3.0, gt=0, le=30)
+    artifact_url: str | None = Field(None, description="folder or fsspec URL; default artifacts/")
+    heartbeat_interval_s: float = Field(3.0, gt=0, le=30, description="at most stale_s / 3")
+    worker_token: SecretStr | None = Field(None, description="default: the file the API wrote")
+    torch_threads: int | None = Field(None, ge=1, description="default: the CPUs we may use")
+    report_timeout_s: float = Field(10.0, gt=0, description="one request to the API")
+    report_retry_s: float = Field(600.0, gt=0, description="claims and ends retried this long")
 
     @field_validator("device")
     @classmethod
     def _device_known(cls, v: str | None) -> str | None:
-        if v is None or v.strip() == "":
-            return None
-        v = v.strip()
-        if v in {"cpu", "cuda", "mps"} or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
+        v = (v or "").strip()
+        if v in {"", "cpu", "cuda", "mps"} or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v or None
         raise ValueError(f"PFT_DEVICE={v!r} is not a device; accepted: cpu, cuda, cuda:N, mps")
 
     @model_validator(mode="after")
@@ -49,7 +40,7 @@ class WorkerSettings(Settings):
 
     @property
     def resolved_artifact_url(self) -> str:
-        return self.artifact_url or str(self.resolved_data_dir / "artifacts")
+        return self.artifact_url or str(self.layout.artifacts)
 
 
 @cache

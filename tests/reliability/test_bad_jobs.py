@@ -8,7 +8,9 @@
   root, soup ingredients that are pickles or live outside the artifact store: each job fails
   with a message a user can act on, and a good job queued behind them succeeds.
 
-Nothing is ever unpickled: the pickles carry a payload that would create a marker file.
+Jobs the API would refuse (bad datasets, models, ingredients) are written into the database
+behind it, to show that the worker refuses them too. Nothing is ever unpickled: the pickles
+carry a payload that would create a marker file.
 """
 
 from __future__ import annotations
@@ -27,14 +29,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from backend import crud
-from tests.worker.conftest import Lab, tiny_config, wait_for
-from worker.artifacts import sha256_file
-from worker.jobs import check_safetensors
+from contract.vocab import JobKind, JobStatus
+from pft.run_state import check_safetensors
+from pft.store import sha256_file
+from tests.worker.conftest import FINAL, Lab, tiny_spec, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-FINAL = ("succeeded", "failed", "cancelled")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 class Payload:
@@ -61,8 +61,7 @@ def write_torch_pickle(path: Path, marker: Path) -> Path:
 
 
 def _epochs_done(lab: Lab, job_id: int) -> int:
-    with lab.session() as s:
-        return len(crud.get_metrics(s, job_id=job_id))
+    return len(lab.epochs(job_id))
 
 
 # ------------------------------------------------------------------------------------------
@@ -101,10 +100,8 @@ def fill(mount: Path) -> Path:
 def test_checkpoint_to_a_full_or_read_only_store_fails_the_job_and_keeps_the_last_one(
     lab: Lab, small_store: Path, fault: str
 ):
-    lab.env["PFT_ARTIFACT_URL"] = str(small_store)
-    worker = lab.start_worker()
-    job_id = lab.create_job(config=tiny_config(hparams={"epochs": 8, "batch_size": 4}))
-    lab.enqueue(job_id)
+    worker = lab.start_worker(env={"PFT_ARTIFACT_URL": str(small_store)})
+    job_id = lab.create_job(hparams={"epochs": 8, "batch_size": 4})
     state = small_store / "jobs" / str(job_id) / "state"
     wait_for(lambda: _epochs_done(lab, job_id) >= 1, 60, "the first epoch checkpoint", poll=0.05)
     if fault == "disk_full":
@@ -114,8 +111,8 @@ def test_checkpoint_to_a_full_or_read_only_store_fails_the_job_and_keeps_the_las
         subprocess.run(["mount", "-o", "remount,ro", str(small_store)], check=True)
         reason = "Read-only file system"
 
-    job = lab.wait_status(job_id, FINAL, 60)
-    assert job.status == "failed"
+    job = lab.wait_status(job_id, FINAL, 90)
+    assert job.status == JobStatus.FAILED
     assert reason in job.error and "Traceback" not in job.error, job.error
     print(f"{fault}: {job.error}")
     assert worker.alive()
@@ -133,14 +130,11 @@ def test_checkpoint_to_a_full_or_read_only_store_fails_the_job_and_keeps_the_las
         filler.unlink()
     else:
         subprocess.run(["mount", "-o", "remount,rw", str(small_store)], check=True)
-    with lab.session() as s:
-        crud.reset_for_retry(s, job_id=job_id)
-    lab.enqueue(job_id)
-    job = lab.wait_status(job_id, FINAL, 90)
-    assert job.status == "succeeded", job.error
+    assert lab.post(f"/jobs/{job_id}/retry").status == JobStatus.QUEUED
+    job = lab.wait_status(job_id, FINAL, 120)
+    assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.result["resumed_from_epoch"] == saved["run"]["epoch"]
-    with lab.session() as s:
-        assert [m.epoch for m in crud.get_metrics(s, job_id=job_id)] == list(range(1, 9))
+    assert lab.epochs(job_id) == list(range(1, 9))
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,7 +155,7 @@ def _image_folder(root: Path, *, images: int = 3) -> Path:
 
 def _state_with(lab: Lab, job_id: int, tensors_file: Path) -> None:
     """Puts ``tensors_file`` where the job's resumable state names its tensors."""
-    state = lab.root / "data" / "artifacts" / "jobs" / str(job_id) / "state"
+    state = lab.data / "artifacts" / "jobs" / str(job_id) / "state"
     state.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tensors_file, state / "tensors-7.safetensors")
     run = {"epoch": 1}
@@ -169,26 +163,22 @@ def _state_with(lab: Lab, job_id: int, tensors_file: Path) -> None:
 
 
 def _fake_succeeded_finetune(lab: Lab, delta: Path) -> int:
-    """A succeeded fine-tuning job whose recorded delta is ``delta`` (sha256 matching)."""
-    job_id = lab.create_job(config=tiny_config())
-    with lab.session() as s:
-        assert crud.claim_job(s, job_id=job_id, worker="test") is not None
-        crud.record_artifact(
-            s,
-            job_id=job_id,
-            kind="delta",
-            location=str(delta),
-            size_bytes=delta.stat().st_size,
-            sha256=sha256_file(delta),
-        )
-        assert crud.finish_job(s, job_id=job_id, worker="test", status="succeeded", result={})
+    """A succeeded fine-tuning job whose recorded delta is ``delta`` (sha256 matching), ended
+    through the worker routes as a worker would."""
+    job_id = lab.insert_job(JobKind.FINETUNE, tiny_spec())
+    with lab.api.client(lab.api.worker_token) as c:
+        r = c.post(f"/worker/jobs/{job_id}/claim", json={"worker": "test"})
+        assert r.status_code == 200, r.text
+        artifact = {"kind": "delta", "location": str(delta), "size_bytes": delta.stat().st_size}
+        artifact["sha256"] = sha256_file(delta)
+        end = {"claim": r.json()["claim"], "status": "succeeded", "artifacts": [artifact]}
+        assert c.post(f"/worker/jobs/{job_id}/finish", json=end).status_code == 204
     return job_id
 
 
 def _soup(lab: Lab, ingredients: list[int]) -> int:
-    return lab.create_job(
-        "soup", config={"ingredients": ingredients, "method": "uniform", "shifts": []}
-    )
+    spec = {"method": "uniform", "ingredients": ingredients, "params": {}, "shifts": []}
+    return lab.insert_job(JobKind.SOUP, spec)
 
 
 def test_bad_checkpoints_data_and_models_fail_cleanly_and_other_jobs_run(lab: Lab):
@@ -208,7 +198,7 @@ def test_bad_checkpoints_data_and_models_fail_cleanly_and_other_jobs_run(lab: La
         ("pickle", write_pickle(tmp / "p.safetensors", marker)),
         ("torch_save", write_torch_pickle(tmp / "t.safetensors", marker)),
     ]:
-        jobs[name] = lab.create_job(config=tiny_config())
+        jobs[name] = lab.insert_job(JobKind.FINETUNE, tiny_spec())
         _state_with(lab, jobs[name], file)
 
     # data and models
@@ -226,7 +216,7 @@ def test_bad_checkpoints_data_and_models_fail_cleanly_and_other_jobs_run(lab: La
         ("symlinked_image", {"dataset": "imagefolder:leaky"}),
         ("url_encoded", {"dataset": "imagefolder:%2e%2e%2f%2e%2e%2foutside"}),
     ]:
-        jobs[name] = lab.create_job(config=tiny_config(**changes))
+        jobs[name] = lab.insert_job(JobKind.FINETUNE, tiny_spec(**changes))
 
     # soups whose ingredients' recorded checkpoints are pickles (with matching sha256), planted
     # inside the artifact store (locations outside it are refused before any read)
@@ -237,16 +227,16 @@ def test_bad_checkpoints_data_and_models_fail_cleanly_and_other_jobs_run(lab: La
     jobs["soup_of_torch_saves"] = _soup(
         lab, [_fake_succeeded_finetune(lab, p) for p in torch_files]
     )
-    good = lab.create_job(config=tiny_config())
+    for job_id in jobs.values():
+        lab.enqueue(job_id)
+    good = lab.create_job()
 
     worker = lab.start_worker()
-    for job_id in [*jobs.values(), good]:
-        lab.enqueue(job_id)
-    assert lab.wait_status(good, FINAL, 150).status == "succeeded"
+    assert lab.wait_status(good, FINAL, 240).status == JobStatus.SUCCEEDED
     errors = {}
     for name, job_id in jobs.items():
-        job = lab.wait_status(job_id, FINAL, 30)
-        assert job.status == "failed", (name, job.error)
+        job = lab.wait_status(job_id, FINAL, 60)
+        assert job.status == JobStatus.FAILED, (name, job.error)
         assert "Traceback" not in job.error and len(job.error) < 2000, (name, job.error)
         errors[name] = job.error
     print(json.dumps(errors, indent=1))

@@ -8,12 +8,13 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from contract.vocab import TASK_NAME
 from worker.config import WorkerSettings
-from worker.runner import worker_argv
+from worker.launch import worker_argv
 
 
 def test_celery_app_is_configured_for_long_jobs_with_early_ack_and_no_prefetch():
-    from worker.celery_app import TASK_NAME, app
+    from worker.celery_app import app
 
     conf = app.conf
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
@@ -31,17 +32,21 @@ def test_celery_app_is_configured_for_long_jobs_with_early_ack_and_no_prefetch()
 
 
 @pytest.mark.slow
-def test_importing_the_worker_does_not_touch_cuda():
-    # The parent imports torch before forking its pool, but must never initialise CUDA there.
+def test_importing_the_worker_touches_neither_cuda_nor_the_database_layer():
+    # The parent imports torch before forking its pool, but must never initialise CUDA there;
+    # and a worker host needs no database driver at all.
     code = (
-        "import worker.tasks, worker.jobs, torch; "
-        "assert not torch.cuda.is_initialized(); print('ok')"
+        "import sys, worker.tasks, worker.jobs, torch; "
+        "assert not torch.cuda.is_initialized(); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('backend', 'sqlalchemy', 'fastapi', 'alembic')); "
+        "assert not bad, bad; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_worker_argv_is_a_prefork_worker_on_the_configured_queue(monkeypatch):
+def test_worker_argv_is_a_prefork_worker_on_the_configured_queue():
     argv = worker_argv(2, queue="pft-x", hostname="a@b")
     assert argv[:6] == [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
     joined = " ".join(argv)
@@ -64,6 +69,7 @@ def test_settings_validate_device_and_heartbeat(monkeypatch, tmp_path):
     assert settings.device == "cuda:1"
     assert settings.resolved_artifact_url == str(tmp_path.resolve() / "artifacts")
     assert settings.heartbeat_stale_s <= 60  # the default staleness threshold
+    assert not hasattr(settings, "database_url") and not hasattr(settings, "db_url")
     monkeypatch.setenv("PFT_DEVICE", "gpu0")
     with pytest.raises(ValidationError, match="PFT_DEVICE='gpu0'.*accepted: cpu, cuda"):
         WorkerSettings()
@@ -72,3 +78,19 @@ def test_settings_validate_device_and_heartbeat(monkeypatch, tmp_path):
     monkeypatch.setenv("PFT_HEARTBEAT_INTERVAL_S", "30")
     with pytest.raises(ValidationError, match="PFT_HEARTBEAT_INTERVAL_S"):
         WorkerSettings()
+
+
+def test_the_worker_token_comes_from_the_variable_else_the_data_folder(monkeypatch, tmp_path):
+    from worker.api_client import WorkerApi
+
+    monkeypatch.setenv("PFT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("PFT_WORKER_TOKEN", raising=False)
+    (tmp_path / "worker_token").write_text("from-the-file\n")
+    with WorkerApi(WorkerSettings(api_url="http://api.example:9000")) as client:
+        assert client.headers["Authorization"] == "Bearer from-the-file"
+        assert str(client.base_url) == "http://api.example:9000/api/v1/worker/"
+    monkeypatch.setenv("PFT_WORKER_TOKEN", "from-the-variable")
+    settings = WorkerSettings()
+    assert "from-the-variable" not in repr(settings)  # a secret, never printed
+    with WorkerApi(settings) as client:
+        assert client.headers["Authorization"] == "Bearer from-the-variable"
