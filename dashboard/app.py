@@ -34,14 +34,22 @@ pages = [
 page = st.navigation(pages)
 
 with st.sidebar:
-    st.caption(f"API: {get_settings().api_url}")
+    st.caption(f"API: {get_settings().resolved_api_url}")
     try:
         health = data.health()
-        if health.get("status") == "ok":
+        if health.status == "ok":
             st.caption(":green[●] backend healthy")
         else:
-            parts = [k for k in ("database", "broker") if health.get(k) is False]
-            st.caption(f":orange[●] backend {health.get('status')}: {', '.join(parts)} down")
+            problems = [
+                problem
+                for problem, bad in (
+                    ("database down", not health.database),
+                    ("database not writable", health.database and not health.database_writable),
+                    ("broker down", not health.broker),
+                )
+                if bad
+            ]
+            st.caption(f":orange[●] backend {health.status}: {', '.join(problems)}")
     except ApiError as exc:
         st.caption(f":red[●] {exc.message}")
 

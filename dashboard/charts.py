@@ -1,7 +1,8 @@
 """Plotly figures for the dashboard: pure functions from plain data to ``go.Figure``.
 
 Nothing here talks to the backend or to Streamlit, so every figure is testable without a
-browser. Grids put blocks on rows (block 0 on top) and unit kinds or tensor roles on columns.
+browser. Grids (`dashboard.layout.Grid`) put blocks on rows (block 0 on top) and unit kinds or
+tensor parts on columns.
 """
 
 from __future__ import annotations
@@ -11,16 +12,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.layout import (
-    TENSOR_ROLES,
-    block_labels,
-    depth_of,
-    groups_of,
-    tensor_blocks,
-    tensor_cell,
-    unit_grid,
-)
-from pft.units import UNIT_KINDS
+from contract.api import AngleRow, SelectionPublic
+from dashboard.layout import Grid
 
 TUNED_COLOR = "#d62728"
 FROZEN_COLOR = "#e8e8e8"
@@ -42,17 +35,12 @@ def _fmt_params(n: int) -> str:
     return str(n)
 
 
-def unit_selection_grid(unit_map: Mapping, selections: Sequence[Mapping]) -> go.Figure:
-    """Which units each strategy tunes: one blocks x ATTN/FFN panel per strategy.
-
-    ``selections``: ``{"name", "units", "tuned_params", "tuned_fraction"}`` per strategy
-    (``pft.strategies.Selection.to_dict()``); tuned cells are 1, frozen cells 0.
-    """
-    depth = int(unit_map["depth"])
+def unit_selection_grid(grid: Grid, selections: Sequence[SelectionPublic]) -> go.Figure:
+    """Which units each strategy tunes: one blocks x kinds panel per strategy (the API's
+    selections, `POST /preview` or `GET /models/{m}/units`); tuned cells are 1, frozen 0."""
     n = max(1, len(selections))
     titles = [
-        f"{s['name']}<br>{_fmt_params(int(s.get('tuned_params', 0)))} "
-        f"({100 * float(s.get('tuned_fraction', 0)):.1f}%)"
+        f"{s.name}<br>{_fmt_params(s.tuned_params)} ({100 * s.tuned_fraction:.1f}%)"
         for s in selections
     ] or ["no strategy selected"]
     fig = make_subplots(
@@ -62,36 +50,35 @@ def unit_selection_grid(unit_map: Mapping, selections: Sequence[Mapping]) -> go.
         subplot_titles=titles,
         horizontal_spacing=min(0.04, 0.5 / n),
     )
-    rows = block_labels(depth)
     for i, sel in enumerate(selections, start=1):
-        tuned = set(sel.get("units", []))
-        z = unit_grid({u["name"]: float(u["name"] in tuned) for u in unit_map["units"]}, depth)
-        text = [["tuned" if v else "frozen" for v in row] for row in z]
+        tuned = set(sel.units)
+        z = grid.matrix({name: float(name in tuned) for name in grid.cells})
+        text = [["" if v is None else "tuned" if v else "frozen" for v in row] for row in z]
         fig.add_trace(
             go.Heatmap(
                 z=z,
-                x=list(UNIT_KINDS),
-                y=rows,
+                x=list(grid.columns),
+                y=grid.rows,
                 zmin=0,
                 zmax=1,
                 showscale=False,
-                name=sel["name"],
+                name=sel.name,
                 colorscale=[[0, FROZEN_COLOR], [1, TUNED_COLOR]],
                 xgap=2,
                 ygap=2,
                 text=text,
-                hovertemplate="%{y} %{x}: %{text}<extra>" + sel["name"] + "</extra>",
+                hovertemplate="%{y} %{x}: %{text}<extra>" + sel.name + "</extra>",
             ),
             row=1,
             col=i,
         )
-    _grid_axes(fig, depth)
+    _grid_axes(fig, grid.depth)
     fig.update_yaxes(title_text=None)
     fig.update_yaxes(title_text="block", row=1, col=1)
     fig.update_layout(
         title=dict(text="Tuned units (red) per strategy; the head is always tuned", y=0.98),
         margin=dict(l=10, r=10, t=110, b=10),
-        height=max(300, 110 + 28 * depth),
+        height=max(300, 110 + 28 * grid.depth),
     )
     return fig
 
@@ -220,65 +207,48 @@ def _angle_heatmap(
 
 
 def unit_angle_heatmap(
-    angles: Mapping[str, float],
-    unit_map: Mapping | None = None,
-    title: str = "Fine-tuned angle per unit",
+    angles: Mapping[str, float], grid: Grid, title: str = "Fine-tuned angle per unit"
 ) -> go.Figure:
-    """Per-unit fine-tuned angles in degrees on a blocks x ATTN/FFN grid."""
-    depth = depth_of(angles, unit_map)
-    fig = go.Figure(
-        _angle_heatmap(unit_grid(angles, depth), UNIT_KINDS, block_labels(depth), name="angle")
-    )
-    _grid_axes(fig, depth)
+    """Per-unit fine-tuned angles in degrees on a blocks x kinds grid."""
+    fig = go.Figure(_angle_heatmap(grid.matrix(angles), grid.columns, grid.rows, name="angle"))
+    _grid_axes(fig, grid.depth)
     fig.update_layout(title_text=title)
     return fig
 
 
-def tensor_grid(
-    angles: Mapping[str, float], unit_map: Mapping | None = None
+def tensor_cells(
+    rows: Sequence[AngleRow], grid: Grid
 ) -> tuple[list[list[float | None]], list[list[str]]]:
-    """A blocks x (qkv, proj, fc1, fc2, norms) matrix and the tensors behind each cell.
+    """A blocks x parts matrix and the tensors behind each cell.
 
     A cell holding several tensors shows the largest angle among its weights (biases only when
     it has no weight: a bias that starts at zero turns by large angles that say little); the
     hover text lists every tensor.
     """
-    blocks = tensor_blocks(unit_map)
-    cells: dict[tuple[int, str], list[tuple[str, float]]] = {}
-    for name, value in angles.items():
-        cell = tensor_cell(name, blocks)
-        if cell is not None and value is not None:
-            cells.setdefault(cell, []).append((name, float(value)))
-    depth = (
-        int(unit_map["depth"])
-        if unit_map and unit_map.get("depth")
-        else (1 + max((b for b, _ in cells), default=-1))
-    )
-    z: list[list[float | None]] = [[None] * len(TENSOR_ROLES) for _ in range(depth)]
-    hover = [[""] * len(TENSOR_ROLES) for _ in range(depth)]
-    for (block, role), items in cells.items():
-        if block < depth:
-            col = TENSOR_ROLES.index(role)
-            weights = [v for n, v in items if not n.endswith("bias")]
-            z[block][col] = max(weights or [v for _, v in items])
-            hover[block][col] = "<br>".join(f"{n}: {v:.3f}°" for n, v in sorted(items))
+    cells: dict[tuple[int, int], list[tuple[str, float]]] = {}
+    for row in rows:
+        if row.name in grid.cells:
+            cells.setdefault(grid.cells[row.name], []).append((row.name, row.angle_deg))
+    z: list[list[float | None]] = [[None] * len(grid.columns) for _ in range(grid.depth)]
+    hover = [[""] * len(grid.columns) for _ in range(grid.depth)]
+    for (block, col), items in cells.items():
+        weights = [v for n, v in items if not n.endswith("bias")]
+        z[block][col] = max(weights or [v for _, v in items])
+        hover[block][col] = "<br>".join(f"{n}: {v:.3f}°" for n, v in sorted(items))
     return z, hover
 
 
 def tensor_angle_heatmap(
-    angles: Mapping[str, float],
-    unit_map: Mapping | None = None,
-    title: str = "Fine-tuned angle per tensor",
+    rows: Sequence[AngleRow], grid: Grid, title: str = "Fine-tuned angle per tensor"
 ) -> go.Figure:
-    """Per-tensor angles on a blocks x qkv/proj/fc1/fc2/norms grid, with hover values."""
-    z, hover = tensor_grid(angles, unit_map)
-    depth = len(z)
-    trace = _angle_heatmap(z, TENSOR_ROLES, block_labels(depth), name="angle")
+    """Per-tensor angles on a blocks x parts grid, with hover values."""
+    z, hover = tensor_cells(rows, grid)
+    trace = _angle_heatmap(z, grid.columns, grid.rows, name="angle")
     trace.update(
         customdata=hover, hovertemplate="%{y} %{x}: %{z:.3f}°<br>%{customdata}<extra>angle</extra>"
     )
     fig = go.Figure(trace)
-    _grid_axes(fig, depth)
+    _grid_axes(fig, grid.depth)
     fig.update_layout(title_text=title)
     return fig
 
@@ -286,44 +256,37 @@ def tensor_angle_heatmap(
 def angle_difference_heatmap(
     a: Mapping[str, float],
     b: Mapping[str, float],
+    grid: Grid,
     labels: tuple[str, str] = ("A", "B"),
-    unit_map: Mapping | None = None,
 ) -> go.Figure:
     """Per-unit angle difference ``b - a`` on a diverging scale centred on zero."""
-    shared = set(a) & set(b)
-    diff = {n: float(b[n]) - float(a[n]) for n in shared if a[n] is not None and b[n] is not None}
-    depth = depth_of(shared, unit_map)
+    diff = {n: b[n] - a[n] for n in set(a) & set(b)}
     fig = go.Figure(
         _angle_heatmap(
-            unit_grid(diff, depth),
-            UNIT_KINDS,
-            block_labels(depth),
+            grid.matrix(diff),
+            grid.columns,
+            grid.rows,
             name=f"{labels[1]} − {labels[0]}",
             scale=DIFF_SCALE,
             zmid=0,
         )
     )
-    _grid_axes(fig, depth)
+    _grid_axes(fig, grid.depth)
     fig.update_layout(title_text=f"Angle difference: {labels[1]} − {labels[0]} (degrees)")
     return fig
 
 
-def angle_trajectory(
-    per_epoch: Mapping[int, Mapping[str, float]], unit_map: Mapping | None = None
-) -> go.Figure:
+def angle_trajectory(per_epoch: Mapping[int, Mapping[str, float]], grid: Grid) -> go.Figure:
     """Per-unit angles over epochs: one animation frame per epoch, a slider and a play button.
 
     The colour scale is fixed across epochs so that frames are comparable.
     """
     epochs = sorted(per_epoch)
-    names = {n for e in epochs for n in per_epoch[e]}
-    depth = depth_of(names, unit_map)
-    values = [v for e in epochs for v in per_epoch[e].values() if v is not None]
+    values = [v for e in epochs for v in per_epoch[e].values()]
     zmax = max(values, default=1.0) or 1.0
-    y = block_labels(depth)
 
     def trace(epoch: int) -> go.Heatmap:
-        heat = _angle_heatmap(unit_grid(per_epoch[epoch], depth), UNIT_KINDS, y, name="angle")
+        heat = _angle_heatmap(grid.matrix(per_epoch[epoch]), grid.columns, grid.rows, name="angle")
         heat.update(zmin=0, zmax=zmax)
         return heat
 
@@ -358,22 +321,21 @@ def angle_trajectory(
             )
         ],
     )
-    _grid_axes(fig, depth)
-    fig.update_layout(height=max(320, 120 + 28 * depth))
+    _grid_axes(fig, grid.depth)
+    fig.update_layout(height=max(320, 120 + 28 * grid.depth))
     return fig
 
 
 def ranked_angle_bars(
-    angles: Mapping[str, float], unit_map: Mapping | None = None, selected: Sequence[str] = ()
+    angles: Mapping[str, float],
+    groups: Mapping[str, Sequence[str]],
+    selected: Sequence[str] = (),
 ) -> go.Figure:
     """One panel per group: units ranked by angle (largest on top), selected units highlighted."""
-    groups = groups_of(unit_map, angles)
     chosen = set(selected)
     fig = make_subplots(rows=1, cols=max(1, len(groups)), subplot_titles=list(groups) or [""])
     for i, (group, units) in enumerate(groups.items(), start=1):
-        ranked = sorted(
-            (u for u in units if angles.get(u) is not None), key=lambda u: angles[u], reverse=True
-        )
+        ranked = sorted((u for u in units if u in angles), key=lambda u: angles[u], reverse=True)
         fig.add_trace(
             go.Bar(
                 x=[angles[u] for u in ranked],
@@ -396,13 +358,14 @@ def ranked_angle_bars(
     return fig
 
 
-def greedy_trace(trace: Sequence[Mapping]) -> go.Figure:
-    """Greedy soup: held-out accuracy of each candidate soup in the order tried.
+def soup_trace(trace: Sequence[Mapping]) -> go.Figure:
+    """A soup built ingredient by ingredient: held-out accuracy of each candidate soup in the
+    order tried (Wortsman et al. 2022).
 
-    ``trace``: ``{"step"?, "ingredient", "score", "accepted"}`` per candidate; the line is the
-    best accepted score so far.
+    ``trace``: ``{"step", "ingredient", "score", "accepted"}`` per candidate
+    (`dashboard.soup_view.trace_points`); the line is the best accepted score so far.
     """
-    steps = [t.get("step", i) for i, t in enumerate(trace)]
+    steps = [t["step"] for t in trace]
     labels = [f"job {t['ingredient']}" for t in trace]
     fig = go.Figure()
     for accepted, color, symbol, name in (
@@ -437,12 +400,12 @@ def greedy_trace(trace: Sequence[Mapping]) -> go.Figure:
     )
     fig.update_xaxes(title_text="ingredient tried (by held-out accuracy)", dtick=1)
     fig.update_yaxes(title_text="held-out accuracy")
-    fig.update_layout(title_text="Greedy soup trace", height=360)
+    fig.update_layout(title_text="Soup trace: candidates in the order tried", height=360)
     return fig
 
 
 def soup_comparison(scores: Mapping[str, Mapping[str, float]]) -> go.Figure:
-    """Grouped bars: each model (soup, best ingredient, uniform soup) on each evaluation set.
+    """Grouped bars: each model (soup, best ingredient, other soups) on each evaluation set.
 
     ``scores``: model label -> evaluation set (``in-distribution``, shift names) -> accuracy.
     """
@@ -463,7 +426,7 @@ def soup_comparison(scores: Mapping[str, Mapping[str, float]]) -> go.Figure:
         ]
     )
     fig.update_layout(
-        barmode="group", title_text="Soup vs best ingredient vs uniform soup", height=380
+        barmode="group", title_text="Soup vs best ingredient vs other soups", height=380
     )
     fig.update_yaxes(title_text="accuracy")
     return fig

@@ -1,21 +1,44 @@
-"""The dashboard's HTTP client for the pft-lab API (``/api/v1``, bearer token).
+"""The dashboard's HTTP client for the pft-lab API (below `contract.vocab.API_PREFIX`, bearer
+token).
 
-Every backend failure becomes an ``ApiError`` carrying the backend's own message (FastAPI's
-``detail``, validation errors as ``field: message``), so pages show what the backend said, never
-a traceback. The client is shared by all sessions of one Streamlit server (``get_client``).
+Answers are parsed with the API's own response models (`contract.api`), so a page reads
+``job.status``, never a guessed key, and an answer of another shape fails here, loudly, instead
+of drawing an empty chart. Every backend failure becomes an ``ApiError`` carrying the backend's
+own message (FastAPI's ``detail``, validation errors as ``field: message``), so pages show what
+the backend said, never a traceback. The client is shared by all sessions of one Streamlit
+server (``get_client``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import streamlit as st
+from pydantic import TypeAdapter, ValidationError
 
+from contract.api import (
+    AnglesPublic,
+    DatasetsCatalog,
+    ExperimentCreated,
+    ExperimentDetail,
+    ExperimentsPage,
+    Health,
+    JobPublic,
+    JobsPage,
+    MetricPublic,
+    ModelPublic,
+    RegistryEntry,
+    SelectionPublic,
+    SoupPublic,
+    UnitsPreview,
+)
+from contract.vocab import API_PREFIX
 from dashboard.config import DashboardSettings, get_settings
 
-API_PREFIX = "/api/v1"
+T = TypeVar("T")
+RESULT_FORMATS = ("csv", "json")
 
 
 class ApiError(Exception):
@@ -33,34 +56,28 @@ def _field(loc: Any) -> str:
 
 
 def error_message(response: httpx.Response) -> str:
-    """The human part of an error response, whatever shape the backend gave it."""
+    """The human part of an error response: FastAPI's ``{"detail": str | [errors]}``, or the
+    text of a proxy's error page."""
     try:
         body = response.json()
     except ValueError:
         text = response.text.strip()
         return text[:500] or f"HTTP {response.status_code} {response.reason_phrase}"
-    detail = (
-        body.get("detail", body.get("error", body.get("message")))
-        if isinstance(body, dict)
-        else body
-    )
-    if isinstance(detail, dict):
-        detail = detail.get("message") or detail.get("msg") or detail.get("detail") or detail
-    if isinstance(detail, list):  # FastAPI / pydantic validation errors
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):  # request validation errors
         lines = []
         for item in detail:
-            if isinstance(item, dict):
-                where = _field(item.get("loc"))
-                msg = item.get("msg") or item.get("message") or str(item)
-                lines.append(f"{where}: {msg}" if where else str(msg))
-            else:
-                lines.append(str(item))
+            where = _field(item.get("loc")) if isinstance(item, dict) else ""
+            msg = item.get("msg", str(item)) if isinstance(item, dict) else str(item)
+            lines.append(f"{where}: {msg}" if where else str(msg))
         return "; ".join(lines)
-    return str(detail) if detail is not None else f"HTTP {response.status_code}"
+    if detail is not None:
+        return str(detail)
+    return f"HTTP {response.status_code} {response.reason_phrase}"
 
 
 class ApiClient:
-    """Thin typed wrappers over the API routes; each returns the decoded JSON."""
+    """One method per API route the dashboard uses; each returns the route's response model."""
 
     def __init__(
         self,
@@ -80,7 +97,10 @@ class ApiClient:
         token = self._token() if callable(self._token) else self._token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, accept: tuple[int, ...] = (), **kwargs: Any
+    ) -> httpx.Response:
+        """The response of one request; statuses >= 400 not in ``accept`` raise ``ApiError``."""
         try:
             response = self._http.request(method, path, headers=self._auth(), **kwargs)
         except httpx.TimeoutException:
@@ -91,7 +111,7 @@ class ApiClient:
                 f"cannot reach the backend at {self.base_url} ({type(exc).__name__}); "
                 "start it with `pft api` or `pft up`, or set PFT_API_URL",
             ) from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in accept:
             message = error_message(response)
             if response.status_code == 401:
                 message = (
@@ -101,70 +121,88 @@ class ApiClient:
             raise ApiError(response.status_code, message)
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+    def _get(self, model: type[T] | Any, method: str, path: str, **kwargs: Any) -> T:
+        """The answer of one route, validated as ``model`` (a class or a ``list[...]`` type)."""
+        response = self.request(method, path, **kwargs)
+        try:
+            return TypeAdapter(model).validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                response.status_code,
+                f"the backend answered {method} {path} in an unexpected shape "
+                f"(is it another version of pft-lab?): {exc.errors()[0]['msg']}",
+            ) from None
 
     # health and catalogues
-    def health(self) -> dict:
-        return self._json("GET", "/health")
+    def health(self) -> Health:
+        """The API's health; a degraded API answers 503 with the same body."""
+        return self._get(Health, "GET", "/health", accept=(503,))
 
-    def models(self) -> list[dict]:
-        return _items(self._json("GET", "/catalog/models"))
+    def models(self) -> list[ModelPublic]:
+        return self._get(list[ModelPublic], "GET", "/catalog/models")
 
-    def datasets(self) -> dict:
-        """``{"datasets": [{"name", "description", "num_classes"}], "shifts": [...]}``."""
-        return self._json("GET", "/catalog/datasets")
+    def datasets(self) -> DatasetsCatalog:
+        return self._get(DatasetsCatalog, "GET", "/catalog/datasets")
 
-    def strategies(self) -> list[dict]:
-        return _items(self._json("GET", "/catalog/strategies"))
+    def strategies(self) -> list[RegistryEntry]:
+        return self._get(list[RegistryEntry], "GET", "/catalog/strategies")
 
-    def units(self, model: str, num_classes: int) -> dict:
-        return self._json("GET", f"/models/{model}/units", params={"num_classes": num_classes})
+    def soup_methods(self) -> list[RegistryEntry]:
+        return self._get(list[RegistryEntry], "GET", "/catalog/soups")
+
+    def units(self, model: str, num_classes: int) -> UnitsPreview:
+        return self._get(
+            UnitsPreview, "GET", f"/models/{model}/units", params={"num_classes": num_classes}
+        )
+
+    def preview(self, body: Mapping[str, Any]) -> SelectionPublic:
+        """What a strategy with parameters tunes on a model, before anything is launched."""
+        return self._get(SelectionPublic, "POST", "/preview", json=dict(body))
 
     # submitting work
-    def create_experiment(self, body: Mapping[str, Any]) -> dict:
-        return self._json("POST", "/experiments", json=dict(body))
+    def create_experiment(self, body: Mapping[str, Any]) -> ExperimentCreated:
+        return self._get(ExperimentCreated, "POST", "/experiments", json=dict(body))
 
-    def create_job(self, body: Mapping[str, Any]) -> dict:
-        return self._json("POST", "/jobs", json=dict(body))
+    def create_job(self, body: Mapping[str, Any]) -> JobPublic:
+        return self._get(JobPublic, "POST", "/jobs", json=dict(body))
 
-    def create_soup(self, body: Mapping[str, Any]) -> dict:
-        return self._json("POST", "/soups", json=dict(body))
+    def create_soup(self, body: Mapping[str, Any]) -> SoupPublic:
+        return self._get(SoupPublic, "POST", "/soups", json=dict(body))
 
-    def cancel(self, job_id: int) -> dict:
-        return self._json("POST", f"/jobs/{job_id}/cancel")
+    def cancel(self, job_id: int) -> JobPublic:
+        return self._get(JobPublic, "POST", f"/jobs/{job_id}/cancel")
 
-    def retry(self, job_id: int) -> dict:
-        return self._json("POST", f"/jobs/{job_id}/retry")
+    def retry(self, job_id: int) -> JobPublic:
+        return self._get(JobPublic, "POST", f"/jobs/{job_id}/retry")
 
     # reading results
-    def jobs(self, **filters: Any) -> dict:
-        """One page of jobs: ``{"items": [...], "total": n, ...}``; filters pass through."""
+    def jobs(self, **filters: Any) -> JobsPage:
+        """One page of jobs; filters (``status``, ``kind``, ``experiment_id``, ``limit``,
+        ``offset``) pass through, empty ones are left out."""
         params = {k: v for k, v in filters.items() if v not in (None, "", [])}
-        body = self._json("GET", "/jobs", params=params)
-        return body if isinstance(body, dict) else {"items": body, "total": len(body)}
+        return self._get(JobsPage, "GET", "/jobs", params=params)
 
-    def job(self, job_id: int) -> dict:
-        return self._json("GET", f"/jobs/{job_id}")
+    def job(self, job_id: int) -> JobPublic:
+        return self._get(JobPublic, "GET", f"/jobs/{job_id}")
 
-    def metrics(self, job_id: int) -> list[dict]:
-        return _items(self._json("GET", f"/jobs/{job_id}/metrics"))
+    def metrics(self, job_id: int) -> list[MetricPublic]:
+        return self._get(list[MetricPublic], "GET", f"/jobs/{job_id}/metrics")
 
-    def angles(self, job_id: int) -> dict:
-        return self._json("GET", f"/jobs/{job_id}/angles")
+    def angles(self, job_id: int) -> AnglesPublic:
+        return self._get(AnglesPublic, "GET", f"/jobs/{job_id}/angles")
 
-    def soup(self, soup_id: int) -> dict:
-        return self._json("GET", f"/soups/{soup_id}")
+    def soup(self, soup_id: int) -> SoupPublic:
+        return self._get(SoupPublic, "GET", f"/soups/{soup_id}")
 
-    def experiments(self, limit: int = 200) -> list[dict]:
+    def experiments(self, limit: int = 200) -> ExperimentsPage:
         """The newest experiments first."""
-        return _items(self._json("GET", "/experiments", params={"limit": limit}))
+        return self._get(ExperimentsPage, "GET", "/experiments", params={"limit": limit})
 
-    def experiment(self, experiment_id: int) -> dict:
-        return self._json("GET", f"/experiments/{experiment_id}")
+    def experiment(self, experiment_id: int) -> ExperimentDetail:
+        return self._get(ExperimentDetail, "GET", f"/experiments/{experiment_id}")
 
     def results_file(self, experiment_id: int, fmt: str) -> bytes:
-        if fmt not in ("csv", "json"):
+        if fmt not in RESULT_FORMATS:
             raise ValueError(f"fmt must be csv or json, got {fmt!r}")
         return self.request("GET", f"/experiments/{experiment_id}/results.{fmt}").content
 
@@ -172,18 +210,9 @@ class ApiClient:
         self._http.close()
 
 
-def _items(body: Any) -> list[dict]:
-    """Lists come bare or wrapped (``{"items": [...]}``)."""
-    if isinstance(body, dict):
-        for key in ("items", "results", "data"):
-            if isinstance(body.get(key), list):
-                return body[key]
-    return list(body)
-
-
 def client_from_settings(settings: DashboardSettings | None = None) -> ApiClient:
     settings = settings or get_settings()
-    return ApiClient(settings.api_url, settings.token, timeout=settings.api_timeout_s)
+    return ApiClient(settings.resolved_api_url, settings.token, timeout=settings.api_timeout_s)
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,91 +1,123 @@
 """Cached reads from the backend, shared by the pages (``st.cache_data`` with short TTLs).
 
-Catalogues and unit maps barely change, so they live for minutes; job lists and progress live
-for about one refresh period; results of finished jobs never change, so they live longer.
-Errors are not cached: the next rerun asks again.
+Catalogues, unit maps and previews barely change, so they live for minutes; job lists and
+progress live for about one refresh period; results of finished jobs never change, so they live
+longer. Errors are not cached: the next rerun asks again. Values are the API's response models
+(`contract.api`), copied per session by Streamlit's pickling.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import streamlit as st
 
+from contract.api import (
+    AnglesPublic,
+    DatasetsCatalog,
+    ExperimentDetail,
+    ExperimentPublic,
+    Health,
+    JobPublic,
+    JobsPage,
+    MetricPublic,
+    ModelPublic,
+    RegistryEntry,
+    SelectionPublic,
+    SoupPublic,
+    UnitsPreview,
+)
 from dashboard.client import get_client
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+MAX_JOBS = 5000  # `all_jobs` reads at most this many (page by page)
 
 
 @st.cache_data(ttl=10, show_spinner=False)
-def health() -> dict:
+def health() -> Health:
     return get_client().health()
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def models() -> list[dict]:
+def models() -> list[ModelPublic]:
     return get_client().models()
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def datasets() -> dict:
+def datasets() -> DatasetsCatalog:
     return get_client().datasets()
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def strategies() -> list[dict]:
+def strategies() -> list[RegistryEntry]:
     return get_client().strategies()
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def units(model: str, num_classes: int) -> dict:
+def soup_methods() -> list[RegistryEntry]:
+    return get_client().soup_methods()
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def units(model: str, num_classes: int) -> UnitsPreview:
     return get_client().units(model, num_classes)
 
 
-@st.cache_data(ttl=5, show_spinner=False)
-def experiments() -> list[dict]:
-    return get_client().experiments()
+@st.cache_data(ttl=300, show_spinner=False)
+def _preview(body: str) -> SelectionPublic:
+    return get_client().preview(json.loads(body))
+
+
+def preview(body: Mapping[str, Any]) -> SelectionPublic:
+    """``POST /preview``, cached per request body (each widget change is one request)."""
+    return _preview(json.dumps(body, sort_keys=True))
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def experiment(experiment_id: int) -> dict:
+def experiments() -> list[ExperimentPublic]:
+    return get_client().experiments().items
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def experiment(experiment_id: int) -> ExperimentDetail:
     return get_client().experiment(experiment_id)
 
 
 @st.cache_data(ttl=1, show_spinner=False)
-def jobs_page(**filters: Any) -> dict:
+def jobs_page(**filters: Any) -> JobsPage:
     return get_client().jobs(**filters)
 
 
-def all_jobs(**filters: Any) -> list[dict]:
-    """Every job matching the filters, page by page (bounded to a few thousand)."""
-    out: list[dict] = []
+def all_jobs(**filters: Any) -> list[JobPublic]:
+    """Every job matching the filters, page by page (bounded to `MAX_JOBS`)."""
+    out: list[JobPublic] = []
     limit = 200
-    for offset in range(0, 5000, limit):
+    for offset in range(0, MAX_JOBS, limit):
         page = jobs_page(limit=limit, offset=offset, **filters)
-        items = page.get("items", [])
-        out += items
-        if len(items) < limit or len(out) >= int(page.get("total", len(out))):
+        out += page.items
+        if len(page.items) < limit or len(out) >= page.total:
             break
     return out
 
 
 @st.cache_data(ttl=1, show_spinner=False)
-def job(job_id: int) -> dict:
+def job(job_id: int) -> JobPublic:
     return get_client().job(job_id)
 
 
 @st.cache_data(ttl=3, show_spinner=False)
-def metrics(job_id: int) -> list[dict]:
+def metrics(job_id: int) -> list[MetricPublic]:
     return get_client().metrics(job_id)
 
 
 @st.cache_data(ttl=10, show_spinner=False)
-def angles(job_id: int) -> dict:
+def angles(job_id: int) -> AnglesPublic:
     return get_client().angles(job_id)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def soup(soup_id: int) -> dict:
+def soup(soup_id: int) -> SoupPublic:
     return get_client().soup(soup_id)
 
 

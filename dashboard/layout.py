@@ -1,94 +1,89 @@
-"""Where units and tensors sit on the dashboard's grids (pure, torch-free).
+"""Where units and tensors sit on the dashboard's grids (pure).
 
-Rows are blocks in depth order; columns are unit kinds (``ATTN``, ``FFN``) or tensor roles
-(``qkv``, ``proj``, ``fc1``, ``fc2``, ``norms``). The unit map's JSON shape is the one of
-``pft.units.UnitMap.to_dict()``; tensor names are timm parameter names
-(``blocks.3.attn.qkv.weight``, ``layers.1.blocks.0.mlp.fc2.bias``) or per-role names
-(``blocks.3.qkv``).
+Rows are blocks in depth order; columns are unit kinds (``ATTN``, ``FFN``: whatever the unit
+map's units declare) or tensor parts (``qkv``, ``proj``, ``fc1``, ... as the angle rows name
+them). Every position comes from the API's own fields (`contract.api.UnitPublic` and
+`contract.api.AngleRow`: unit, group, block, part); nothing is parsed out of a name.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from pft.units import UNIT_KINDS
-
-TENSOR_ROLES = ("qkv", "proj", "fc1", "fc2", "norms")
-
-_UNIT_NAME = re.compile(r"^(ATTN|FFN)\.(\d+)$")
-_FLAT_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_ROLE_PATTERNS = (
-    ("qkv", re.compile(r"(^|\.)(qkv|q|k|v|q_proj|k_proj|v_proj)(\.|$)")),
-    ("proj", re.compile(r"(^|\.)attn\.proj(\.|$)|(^|\.)proj(\.|$)")),
-    ("fc1", re.compile(r"(^|\.)fc1(\.|$)")),
-    ("fc2", re.compile(r"(^|\.)fc2(\.|$)")),
-    ("norms", re.compile(r"(^|\.)(norm1|norm2|norms|norm)(\.|$)")),
-)
+from contract.api import AngleRow, UnitMapPublic
+from contract.vocab import AngleScope
 
 
-def unit_cell(name: str) -> tuple[int, str] | None:
-    """``"ATTN.3"`` -> ``(3, "ATTN")``; None for names that are not units."""
-    match = _UNIT_NAME.match(name)
-    return (int(match[2]), match[1]) if match else None
+@dataclass(frozen=True)
+class Grid:
+    """A blocks x columns grid and the cell of every name placed on it."""
+
+    columns: tuple[str, ...]
+    depth: int
+    cells: dict[str, tuple[int, int]]  # name -> (block, column index)
+
+    @property
+    def rows(self) -> list[str]:
+        return [f"block {i}" for i in range(self.depth)]
+
+    def matrix(self, values: Mapping[str, float | None]) -> list[list[float | None]]:
+        """One value per cell (None where nothing, or nothing known, sits)."""
+        z: list[list[float | None]] = [[None] * len(self.columns) for _ in range(self.depth)]
+        for name, value in values.items():
+            if name in self.cells and value is not None:
+                block, col = self.cells[name]
+                z[block][col] = float(value)
+        return z
 
 
-def tensor_role(name: str) -> str | None:
-    """The heatmap column of a tensor: qkv, proj, fc1, fc2 or norms (None for other tensors)."""
-    tail = name.split(".", 2)[2] if _FLAT_BLOCK.match(name) else name
-    for role, pattern in _ROLE_PATTERNS:
-        if pattern.search(tail):
-            return role
-    return None
+def _columns(pairs: Iterable[tuple[str, int, str]], depth: int | None) -> Grid:
+    """A grid from ``(name, block, column label)`` triples; columns in first-seen order."""
+    columns: dict[str, int] = {}
+    cells: dict[str, tuple[int, int]] = {}
+    for name, block, label in pairs:
+        cells[name] = (block, columns.setdefault(label, len(columns)))
+    rows = depth if depth else 1 + max((b for b, _ in cells.values()), default=-1)
+    return Grid(tuple(columns), rows, {n: c for n, c in cells.items() if c[0] < rows})
 
 
-def tensor_blocks(unit_map: Mapping | None) -> dict[str, int]:
-    """Tensor name -> block index, from a unit map's JSON (exact for hierarchical models)."""
-    if not unit_map:
-        return {}
-    return {t: int(u["block"]) for u in unit_map.get("units", []) for t in u.get("tensors", [])}
+def unit_grid(unit_map: UnitMapPublic | None, rows: Iterable[AngleRow] = ()) -> Grid:
+    """Units on blocks x kinds. Without a unit map (none known for the model yet) the angle
+    rows place themselves: block by their block, column by their group."""
+    if unit_map is not None:
+        return _columns(((u.name, u.block, u.kind) for u in unit_map.units), unit_map.depth)
+    return _columns(
+        (
+            (r.name, r.block, r.group)
+            for r in rows
+            if r.scope == AngleScope.UNIT and r.block is not None and r.group is not None
+        ),
+        None,
+    )
 
 
-def tensor_cell(name: str, blocks: Mapping[str, int] | None = None) -> tuple[int, str] | None:
-    """``"blocks.3.attn.qkv.weight"`` -> ``(3, "qkv")``; None for head, stem and final norm."""
-    role = tensor_role(name)
-    if role is None:
-        return None
-    if blocks and name in blocks:
-        return blocks[name], role
-    match = _FLAT_BLOCK.match(name)
-    return (int(match[1]), role) if match else None
+def tensor_grid(rows: Iterable[AngleRow], unit_map: UnitMapPublic | None = None) -> Grid:
+    """Tensors of the blocks on blocks x parts; the stem, head and final norm are left out
+    (they belong to no unit)."""
+    blocks = {u.name: u.block for u in unit_map.units} if unit_map else {}
+    placed = []
+    for r in rows:
+        if r.scope != AngleScope.TENSOR or r.unit is None or r.part is None:
+            continue
+        block = r.block if r.block is not None else blocks.get(r.unit)
+        if block is not None:
+            placed.append((r.name, block, r.part))
+    return _columns(placed, unit_map.depth if unit_map else None)
 
 
-def depth_of(names: Iterable[str], unit_map: Mapping | None = None) -> int:
-    """Number of block rows: from the unit map when given, else from the unit names."""
-    if unit_map and unit_map.get("depth"):
-        return int(unit_map["depth"])
-    cells = [c for c in (unit_cell(n) for n in names) if c]
-    return 1 + max(b for b, _ in cells) if cells else 0
-
-
-def block_labels(depth: int) -> list[str]:
-    return [f"block {i}" for i in range(depth)]
-
-
-def unit_grid(values: Mapping[str, float], depth: int) -> list[list[float | None]]:
-    """A depth x 2 matrix (rows: blocks, columns: ATTN, FFN) of per-unit values; None = missing."""
-    grid: list[list[float | None]] = [[None] * len(UNIT_KINDS) for _ in range(depth)]
-    for name, value in values.items():
-        cell = unit_cell(name)
-        if cell and cell[0] < depth:
-            grid[cell[0]][UNIT_KINDS.index(cell[1])] = None if value is None else float(value)
-    return grid
-
-
-def groups_of(unit_map: Mapping | None, names: Iterable[str]) -> dict[str, list[str]]:
+def groups_of(
+    unit_map: UnitMapPublic | None, rows: Iterable[AngleRow] = ()
+) -> dict[str, list[str]]:
     """Units by group (``ATTN``, ``FFN`` or ``S1.ATTN`` ...), in depth order."""
-    if unit_map and unit_map.get("groups"):
-        return {g: list(us) for g, us in unit_map["groups"].items()}
+    if unit_map is not None:
+        return {g: list(us) for g, us in unit_map.groups.items()}
     out: dict[str, list[str]] = {}
-    for name in sorted(names, key=lambda n: unit_cell(n) or (10**9, n)):
-        cell = unit_cell(name)
-        if cell:
-            out.setdefault(cell[1], []).append(name)
+    units = [r for r in rows if r.scope == AngleScope.UNIT and r.group is not None]
+    for r in sorted(units, key=lambda r: (r.block is None, r.block or 0)):
+        out.setdefault(r.group, []).append(r.name)
     return out

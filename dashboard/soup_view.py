@@ -2,28 +2,28 @@
 
 Ingredients must be succeeded fine-tuning jobs of the same pre-trained model and dataset (the
 backend enforces it too and names the job that breaks the rule); the page explains it up front.
+A job's ``config`` is its fine-tuning spec (`pft.jobs.specs.FinetuneSpec.to_dict()`), its
+``result`` the run's summary.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+from contract.api import JobPublic, SoupPublic
+from contract.vocab import JobKind, JobStatus
 
 IN_DISTRIBUTION = "in-distribution"
 
 
-def family(job: Mapping) -> tuple[str, str, str]:
+def family(job: JobPublic) -> tuple[str, str, str]:
     """(model, dataset, base) — jobs of one family start from the same pre-trained weights."""
-    config = job.get("config") or {}
     base = json.dumps(
-        {
-            "overrides": config.get("model_overrides") or {},
-            "pretrained": config.get("pretrained", True),
-        },
+        {"overrides": job.config["model_overrides"], "pretrained": job.config["pretrained"]},
         sort_keys=True,
     )
-    return str(job.get("model")), str(job.get("dataset")), base
+    return str(job.model), str(job.dataset), base
 
 
 def family_label(key: tuple[str, str, str]) -> str:
@@ -37,12 +37,12 @@ def family_label(key: tuple[str, str, str]) -> str:
     return f"{key[0]} / {key[1]}" + (f" [{'; '.join(extra)}]" if extra else "")
 
 
-def incompatibility(job: Mapping, chosen: tuple[str, str, str]) -> str | None:
+def incompatibility(job: JobPublic, chosen: tuple[str, str, str]) -> str | None:
     """Why ``job`` cannot join a soup of the ``chosen`` family, or None if it can."""
-    if job.get("kind") != "finetune":
-        return f"a {job.get('kind')} job; only fine-tuning jobs can be ingredients"
-    if job.get("status") != "succeeded":
-        return f"{job.get('status')}; only succeeded jobs can be ingredients"
+    if job.kind != JobKind.FINETUNE:
+        return f"a {job.kind} job; only fine-tuning jobs can be ingredients"
+    if job.status != JobStatus.SUCCEEDED:
+        return f"{job.status}; only succeeded jobs can be ingredients"
     model, dataset, base = family(job)
     if model != chosen[0]:
         return f"model {model} differs from {chosen[0]} (soups need one pre-trained model)"
@@ -53,69 +53,67 @@ def incompatibility(job: Mapping, chosen: tuple[str, str, str]) -> str | None:
     return None
 
 
-def trace_points(soup: Mapping) -> list[dict]:
-    """The greedy trace as ``{"step", "ingredient", "score", "accepted"}`` in the order tried."""
-    out = []
-    for i, row in enumerate(soup.get("trace") or []):
-        score = row.get("candidate_score", row.get("score"))
-        if score is None:
-            continue
-        out.append(
-            {
-                "step": int(row.get("order", i)),
-                "ingredient": row.get("job_id", row.get("ingredient")),
-                "score": float(score),
-                "accepted": bool(row.get("accepted")),
-            }
-        )
-    return sorted(out, key=lambda r: r["step"])
+def trace_points(soup: SoupPublic) -> list[dict]:
+    """A soup's trace as ``{"step", "ingredient", "score", "accepted"}`` in the order tried
+    (a trace entry of `pft.soups`: order, ingredient index, job_id, individual_score,
+    candidate_score, accepted)."""
+    points = [
+        {
+            "step": int(row["order"]),
+            "ingredient": row["job_id"],
+            "score": float(row["candidate_score"]),
+            "accepted": bool(row["accepted"]),
+        }
+        for row in soup.trace
+    ]
+    return sorted(points, key=lambda r: r["step"])
 
 
-def _result_scores(result: Mapping | None) -> dict[str, float]:
-    """In-distribution and per-shift test accuracy from a job's result summary."""
-    result = result or {}
+def job_scores(job: JobPublic) -> dict[str, float]:
+    """In-distribution and per-shift test accuracy from a fine-tuning job's result summary
+    (``test_acc``; ``shifts``: {shift: {"acc", "loss"}})."""
+    result = job.result or {}
     out: dict[str, float] = {}
-    acc = result.get("test_acc", result.get("score_in"))
-    if acc is not None:
-        out[IN_DISTRIBUTION] = float(acc)
-    shifts: Any = result.get("shifts") or result.get("scores_out") or {}
-    if isinstance(shifts, Mapping):
-        for name, value in shifts.items():
-            value = value.get("test_acc", value.get("acc")) if isinstance(value, Mapping) else value
-            if value is not None:
-                out[str(name)] = float(value)
+    if result.get("test_acc") is not None:
+        out[IN_DISTRIBUTION] = float(result["test_acc"])
+    for name, metrics in (result.get("shifts") or {}).items():
+        out[str(name)] = float(metrics["acc"])
     return out
 
 
-def soup_scores(soup: Mapping) -> dict[str, float]:
+def soup_scores(soup: SoupPublic) -> dict[str, float]:
     out = {}
-    if soup.get("score_in") is not None:
-        out[IN_DISTRIBUTION] = float(soup["score_in"])
-    out.update({k: float(v) for k, v in (soup.get("scores_out") or {}).items() if v is not None})
-    return out
+    if soup.score_in is not None:
+        out[IN_DISTRIBUTION] = soup.score_in
+    return out | dict(soup.scores_out)
 
 
-def best_ingredient(ingredients: Sequence[Mapping]) -> Mapping | None:
-    """The ingredient with the best held-out accuracy (the greedy soup's first pick)."""
+def best_ingredient(ingredients: Sequence[JobPublic]) -> JobPublic | None:
+    """The ingredient with the best held-out accuracy."""
+    scored = [j for j in ingredients if (j.result or {}).get("heldout_acc") is not None]
+    return max(scored, key=lambda j: float(j.result["heldout_acc"])) if scored else None
 
-    def key(job: Mapping) -> float:
-        result = job.get("result") or {}
-        value = result.get("heldout_acc", result.get("test_acc"))
-        return float("-inf") if value is None else float(value)
 
-    scored = [j for j in ingredients if key(j) != float("-inf")]
-    return max(scored, key=key) if scored else None
+def same_recipe(soup: SoupPublic, others: Sequence[SoupPublic]) -> list[SoupPublic]:
+    """The other succeeded soups of exactly the same ingredients (built with other methods)."""
+    return [
+        o
+        for o in others
+        if o.id != soup.id
+        and o.status == JobStatus.SUCCEEDED
+        and sorted(o.ingredients) == sorted(soup.ingredients)
+    ]
 
 
 def comparison_scores(
-    soup: Mapping, ingredients: Sequence[Mapping], uniform: Mapping | None = None
-) -> dict[str, dict[str, float]]:
+    soup: SoupPublic, ingredients: Sequence[JobPublic], others: Sequence[SoupPublic] = ()
+) -> Mapping[str, dict[str, float]]:
     """Model label -> evaluation set -> accuracy, for the soup, its best ingredient and the
-    uniform soup of the same ingredients (when one was built)."""
-    out = {f"{soup.get('method', '')} soup".strip(): soup_scores(soup)}
+    other soups of the same ingredients (`same_recipe`)."""
+    out = {f"{soup.method} soup": soup_scores(soup)}
     best = best_ingredient(ingredients)
     if best is not None:
-        out[f"best ingredient (#{best['id']})"] = _result_scores(best.get("result"))
-    if uniform is not None and soup.get("method") != "uniform":
-        out["uniform soup"] = soup_scores(uniform)
+        out[f"best ingredient (#{best.id})"] = job_scores(best)
+    for other in others:
+        out[f"{other.method} soup (#{other.id})"] = soup_scores(other)
     return {label: scores for label, scores in out.items() if scores}

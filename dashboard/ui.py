@@ -1,13 +1,16 @@
-"""Small Streamlit helpers shared by the pages: session-state defaults, error display, labels."""
+"""Small Streamlit helpers shared by the pages: session-state defaults, error display, labels,
+the order reference jobs are offered in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import streamlit as st
 
+from contract.api import JobPublic
+from contract.vocab import JobKind
 from dashboard.client import ApiError
 
 # Every session-state key the pages share, with its default (initialised in one place).
@@ -46,23 +49,33 @@ def show_flash() -> None:
         st.session_state["flash"] = None
 
 
-def job_label(job: Mapping) -> str:
-    """``#12 full · seed 0 · succeeded`` (for select boxes)."""
-    parts = [f"#{job['id']}"]
-    if job.get("kind") == "soup":
-        parts.append(f"soup ({(job.get('config') or {}).get('method', '?')})")
-    else:
-        parts.append(str(job.get("strategy") or job.get("kind")))
-    if job.get("seed") is not None:
-        parts.append(f"seed {job['seed']}")
-    parts.append(f"{job.get('model', '')} / {job.get('dataset', '')}")
-    parts.append(str(job.get("status", "")))
-    return " · ".join(p for p in parts if p.strip(" /"))
+def recipe(job: JobPublic) -> str:
+    """What a job runs: its strategy, ``soup (<method>)`` or its kind."""
+    if job.kind == JobKind.SOUP:
+        return f"soup ({job.config['method']})"
+    return job.strategy or str(job.kind)
 
 
-def unit_map_of(units_response: Mapping) -> dict:
-    """The unit map's JSON out of the ``/models/{model}/units`` answer (bare or wrapped)."""
-    return dict(units_response.get("unit_map", units_response))
+def job_label(job: JobPublic) -> str:
+    """``#12 <strategy> · seed 0 · <model> / <dataset> · succeeded`` (for select boxes)."""
+    parts = [f"#{job.id}", recipe(job)]
+    if job.seed is not None:
+        parts.append(f"seed {job.seed}")
+    if job.model or job.dataset:
+        parts.append(f"{job.model or ''} / {job.dataset or ''}".strip(" /"))
+    parts.append(str(job.status))
+    return " · ".join(parts)
+
+
+def tuned_everything(job: JobPublic) -> bool:
+    """Whether the job fine-tuned every parameter: its angles cover every unit, which is what a
+    ranking by angle needs from a reference job."""
+    return job.tuned_params is not None and job.tuned_params == job.total_params
+
+
+def reference_order(jobs: Sequence[JobPublic]) -> list[JobPublic]:
+    """Jobs that tuned everything first (`tuned_everything`), then the newest first."""
+    return sorted(jobs, key=lambda j: (not tuned_everything(j), -j.id))
 
 
 def table(rows: Any, *, key: str, **kwargs: Any) -> None:

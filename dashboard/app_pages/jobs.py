@@ -7,15 +7,15 @@ import math
 
 import streamlit as st
 
+from contract.api import JobPublic, JobsPage
+from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.client import get_client
 from dashboard.config import get_settings
 from dashboard.shaping import metrics_table
-from dashboard.ui import backend_errors, flash, init_state, job_label, show_flash, table
+from dashboard.ui import backend_errors, flash, init_state, job_label, recipe, show_flash, table
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-KINDS = ("finetune", "soup", "pretrain")
-ACTIVE = ("queued", "running")
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
 
 init_state()
 settings = get_settings()
@@ -24,11 +24,11 @@ show_flash()
 
 with backend_errors("loading experiments"):
     experiments = data.experiments()
-exp_names = {e["id"]: f"#{e['id']} {e.get('name', '')}" for e in experiments}
+exp_names = {e.id: f"#{e.id} {e.name}" for e in experiments}
 
 f1, f2, f3 = st.columns(3)
-status = f1.selectbox("Status", ["any", *STATUSES], key="jobs-status")
-kind = f2.selectbox("Kind", ["any", *KINDS], key="jobs-kind")
+status = f1.selectbox("Status", ["any", *map(str, JobStatus)], key="jobs-status")
+kind = f2.selectbox("Kind", ["any", *map(str, JobKind)], key="jobs-kind")
 experiment_id = f3.selectbox(
     "Experiment",
     [None, *exp_names],
@@ -42,26 +42,30 @@ filters = {
 }
 
 
-def _row(job: dict) -> dict:
-    info = job.get("progress_info") or {}
+def _active(job: JobPublic) -> bool:
+    return not job.status.terminal
+
+
+def _row(job: JobPublic) -> dict:
+    info = job.progress_info
     return {
-        "id": job["id"],
-        "kind": job.get("kind"),
-        "strategy": job.get("strategy") or (job.get("config") or {}).get("method"),
-        "seed": job.get("seed"),
-        "model": job.get("model"),
-        "dataset": job.get("dataset"),
-        "status": job.get("status"),
-        "progress": float(job.get("progress") or 0.0),
+        "id": job.id,
+        "kind": str(job.kind),
+        "strategy": recipe(job),
+        "seed": job.seed,
+        "model": job.model,
+        "dataset": job.dataset,
+        "status": str(job.status),
+        "progress": job.progress,
         "epoch": info.get("epoch"),
         "images/s": info.get("images_per_sec"),
-        "device": info.get("device") or (job.get("result") or {}).get("device"),
-        "worker": job.get("worker"),
-        "attempts": job.get("attempts"),
+        "device": info.get("device") or (job.result or {}).get("device"),
+        "worker": job.worker,
+        "attempts": job.attempts,
     }
 
 
-def _page_of_jobs(page: int) -> dict:
+def _page_of_jobs(page: int) -> JobsPage:
     with backend_errors("loading jobs"):
         return data.jobs_page(
             limit=settings.dashboard_page_size,
@@ -70,21 +74,21 @@ def _page_of_jobs(page: int) -> dict:
         )
 
 
-def job_table(page: int, pages: int, polling: bool) -> list[dict]:
+def job_table(page: int, pages: int, polling: bool) -> list[JobPublic]:
     """One page of jobs; reruns on its own while jobs on it are queued or running."""
     body = _page_of_jobs(page)  # the same cached read that decided `polling`
-    jobs = body.get("items", [])
+    jobs = body.items
     if not jobs:
         st.info(
             "No jobs match. Launch an experiment on the **New experiment** page, or a soup "
             "on the **Soups** page."
         )
         return []
-    active = sum(j.get("status") in ACTIVE for j in jobs)
+    active = sum(map(_active, jobs))
     if polling and not active:
         st.rerun()  # the last job finished: redraw the page once, which stops the polling
     st.caption(
-        f"{body.get('total', len(jobs))} job(s) · page {page} of {pages} · {active} active "
+        f"{body.total} job(s) · page {page} of {pages} · {active} active "
         "on this page"
         + (f" · refreshing every {settings.dashboard_refresh_s:g}s" if active else "")
     )
@@ -101,12 +105,12 @@ def job_table(page: int, pages: int, polling: bool) -> list[dict]:
     return jobs
 
 
-total = int(_page_of_jobs(1).get("total", 0))
+total = _page_of_jobs(1).total
 pages = max(1, math.ceil(total / settings.dashboard_page_size))
 page = 1
 if pages > 1:
     page = int(st.number_input("Page", min_value=1, max_value=pages, value=1, key="jobs-page"))
-polling = any(j.get("status") in ACTIVE for j in _page_of_jobs(page).get("items", []))
+polling = any(map(_active, _page_of_jobs(page).items))
 jobs = st.fragment(run_every=settings.dashboard_refresh_s if polling else None)(job_table)(
     page, pages, polling
 )
@@ -117,9 +121,9 @@ st.divider()
 st.subheader("Job details")
 selected = st.selectbox(
     "Job",
-    [j["id"] for j in jobs],
+    [j.id for j in jobs],
     key="job-select",
-    format_func=lambda i: job_label(next(j for j in jobs if j["id"] == i)),
+    format_func=lambda i: job_label(next(j for j in jobs if j.id == i)),
 )
 
 
@@ -127,52 +131,44 @@ def job_detail(job_id: int, polling: bool) -> None:
     """One job, refreshed live while it runs."""
     with backend_errors(f"loading job {job_id}"):
         job = data.job(job_id)
-        metrics = metrics_table(data.metrics(job_id)) if job.get("kind") != "soup" else []
-    status = job.get("status")
-    if polling and status not in ACTIVE:
+        metrics = metrics_table(data.metrics(job_id)) if job.kind != JobKind.SOUP else []
+    if polling and not _active(job):
         st.rerun()  # finished while we watched: redraw the page (buttons, curves) once
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-    c1.progress(
-        float(job.get("progress") or 0.0),
-        text=f"{status} · {100 * float(job.get('progress') or 0):.0f}%",
-    )
-    info = job.get("progress_info") or {}
-    c2.metric("images/s", f"{info['images_per_sec']:.0f}" if info.get("images_per_sec") else "—")
-    if c3.button(
-        "Cancel",
-        key="cancel-job",
-        disabled=status not in ACTIVE or bool(job.get("cancel_requested")),
-    ):
+    c1.progress(job.progress, text=f"{job.status} · {100 * job.progress:.0f}%")
+    speed = job.progress_info.get("images_per_sec")
+    c2.metric("images/s", f"{speed:.0f}" if speed else "—")
+    if c3.button("Cancel", key="cancel-job", disabled=not _active(job) or job.cancel_requested):
         with backend_errors(f"cancelling job {job_id}"):
             get_client().cancel(job_id)
         data.clear()
         flash(f"Cancellation of job {job_id} requested.")
         st.rerun()
-    if c4.button("Retry", key="retry-job", disabled=status not in ("failed", "cancelled")):
+    if c4.button("Retry", key="retry-job", disabled=job.status not in RETRYABLE):
         with backend_errors(f"retrying job {job_id}"):
             get_client().retry(job_id)
         data.clear()
         flash(f"Job {job_id} queued again.")
         st.rerun()
-    if job.get("error"):
-        st.error(f"Job {job_id} failed: {job['error']}")
+    if job.error:
+        st.error(f"Job {job_id} failed: {job.error}")
     if metrics:
         st.plotly_chart(
             charts.training_curves(metrics, title=f"Job {job_id}"),
             key="job-curves",
             width="stretch",
         )
-    elif job.get("kind") != "soup":
+    elif job.kind != JobKind.SOUP:
         st.caption("No epoch finished yet: curves appear after the first epoch.")
     with st.expander("Config", expanded=False):
-        st.json(job.get("config") or {})
-    if job.get("result"):
+        st.json(job.config)
+    if job.result:
         with st.expander("Result summary"):
-            st.json(job["result"])
+            st.json(job.result)
 
 
 with backend_errors(f"loading job {selected}"):
-    detail_polling = data.job(selected).get("status") in ACTIVE  # job_detail's cached read
+    detail_polling = _active(data.job(selected))  # job_detail's cached read
 st.fragment(run_every=settings.dashboard_refresh_s if detail_polling else None)(job_detail)(
     selected, detail_polling
 )

@@ -1,16 +1,23 @@
-"""New experiment: pick a model, a dataset, strategies, seeds and hyperparameters; preview the
-tuned units of each strategy on the unit grid; launch one job per strategy x seed."""
+"""New experiment: pick a model, a dataset, strategies (with their parameters), seeds and
+hyperparameters; preview the tuned units of each strategy on the unit grid; launch one job per
+strategy x seed.
+
+Strategies, their parameters and what each tunes come from the API: the catalogue
+(``/catalog/strategies``), the unit map with the parameter-free selections
+(``/models/{model}/units``) and ``POST /preview`` for a strategy with parameters.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from contract.api import SelectionPublic
+from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.client import ApiError, get_client
-from dashboard.selection import preview
-from dashboard.shaping import normalize_angles
-from dashboard.ui import backend_errors, init_state, job_label, show_flash, table, unit_map_of
-from pft.errors import PftError
+from dashboard.layout import unit_grid
+from dashboard.params import param_widgets
+from dashboard.ui import backend_errors, init_state, reference_order, show_flash, table
 
 OTHER_MODEL = "other timm model…"
 IMAGEFOLDER = "imagefolder:"
@@ -21,12 +28,12 @@ show_flash()
 
 with backend_errors("loading the catalogues"):
     models, datasets, strategies = data.models(), data.datasets(), data.strategies()
-shift_names = [s["name"] for s in datasets.get("shifts", [])]
+shift_names = [s.name for s in datasets.shifts]
 
 left, right = st.columns(2)
 with left:
-    names = [m["name"] for m in models] + [OTHER_MODEL]
-    descriptions = {m["name"]: m.get("description", "") for m in models}
+    names = [m.name for m in models] + [OTHER_MODEL]
+    descriptions = {m.name: m.description for m in models}
     choice = st.selectbox(
         "Model",
         names,
@@ -39,93 +46,85 @@ with left:
             "timm model name", key="timm-model", placeholder="vit_small_patch16_224.augreg_in21k"
         ).strip()
 with right:
-    by_name = {d["name"]: d for d in datasets.get("datasets", [])}
+    by_name = {d.name: d for d in datasets.datasets}
     dataset = st.selectbox(
         "Dataset",
         list(by_name),
         key="dataset",
-        format_func=lambda n: f"{n} — {by_name[n].get('description', '')}".rstrip(" —"),
+        format_func=lambda n: f"{n} — {by_name[n].description}".rstrip(" —"),
     )
-    num_classes = int((by_name.get(dataset) or {}).get("num_classes") or 10)
+    num_classes = by_name[dataset].num_classes or 10  # an image folder: counted at run time
     if dataset.startswith(IMAGEFOLDER) and dataset.endswith("NAME"):
         folder = st.text_input("Folder under the datasets root", key="imagefolder-name").strip()
         dataset = IMAGEFOLDER + folder
 
-catalog = {s["name"]: s for s in strategies}
+catalog = {s.name: s for s in strategies}
 chosen = st.multiselect(
     "Strategies",
     list(catalog),
-    default=[n for n in ("full", "attn_only") if n in catalog],
+    default=list(catalog)[:1],
     key="strategies",
-    help="; ".join(f"{s['name']}: {s.get('description', '')}" for s in strategies),
+    help="; ".join(f"{s.name}: {s.description}" for s in strategies),
 )
 for name in chosen:
-    st.caption(f"**{name}** — {catalog[name].get('description', '')}")
+    st.caption(f"**{name}** — {catalog[name].description}")
 
 # The unit map answers "which units, how many parameters" before anything is launched.
-unit_map, units_error = None, None
+preview, units_error = None, None
 if model:
     try:
-        unit_map = unit_map_of(data.units(model, num_classes))
+        preview = data.units(model, int(num_classes))
     except ApiError as exc:
         units_error = exc.message
+unit_names = [u.name for u in preview.unit_map.units] if preview else []
 
 params: dict[str, dict] = {}
-previews, preview_errors = [], []
-if "angle_topk" in chosen:
-    st.subheader("angle_topk (FAPFT)")
-    with backend_errors("loading finished full fine-tuning jobs"):
-        refs = [
-            j
-            for j in data.all_jobs(kind="finetune", status="succeeded")
-            if j.get("strategy") == "full"
-            and j.get("model") == model
-            and j.get("dataset") == dataset
-        ]
-    c1, c2, c3 = st.columns(3)
-    k = c1.number_input("K (units per group)", min_value=1, value=1, step=1, key="topk-k")
-    order = c2.radio(
-        "Order",
-        ["smallest", "largest"],
-        key="topk-order",
-        horizontal=True,
-        help="largest angles for hard tasks, smallest for easy ones",
-    )
-    if refs:
-        labels = {j["id"]: job_label(j) for j in refs}
-        ref_id = c3.selectbox(
-            "Reference job (full fine-tuning)",
-            list(labels),
-            key="topk-reference",
-            format_func=labels.get,
+with_params = [n for n in chosen if catalog[n].params]
+if with_params:
+    with backend_errors("loading finished fine-tuning jobs"):
+        references = reference_order(
+            [
+                j
+                for j in data.all_jobs(kind=JobKind.FINETUNE, status=JobStatus.SUCCEEDED)
+                if j.model == model and j.dataset == dataset
+            ]
         )
-        params["angle_topk"] = {"k": int(k), "order": order, "reference_job": ref_id}
-    else:
-        c3.info(
-            f"No finished full fine-tuning job of {model} on {dataset} yet: launch one "
-            "(strategy `full`) first; its angles choose the units."
+    for name in with_params:
+        st.subheader(name)
+        params[name] = param_widgets(
+            catalog[name],
+            prefix=f"param-{name}",
+            units=unit_names,
+            jobs=references,
+            no_jobs=f"no finished fine-tuning job of {model} on {dataset} yet",
         )
-if "custom" in chosen:
-    options = [u["name"] for u in unit_map["units"]] if unit_map else []
-    picked = st.multiselect("Units to tune (custom)", options, key="custom-units")
-    params["custom"] = {"units": picked}
 
-if unit_map:
+if preview:
+    ready = {s.name: s for s in preview.strategies}  # the parameter-free strategies
+    selections: list[SelectionPublic] = []
+    problems: list[str] = []
     for name in chosen:
-        p = dict(params.get(name, {}))
+        if name in ready:
+            selections.append(ready[name])
+            continue
+        body = {"model": model, "dataset": dataset, "strategy": {"name": name, **params[name]}}
         try:
-            if name == "angle_topk":
-                if "reference_job" not in p:
-                    continue
-                angles = normalize_angles(data.angles(p.pop("reference_job"))).units
-                p["angles"] = angles
-            previews.append(preview(unit_map, name, p))
-        except (PftError, ApiError) as exc:
-            preview_errors.append(f"{name}: {exc}")
+            selection = data.preview(body)
+        except ApiError as exc:
+            problems.append(f"{name}: {exc.message}")
+            continue
+        selections.append(selection)
+        if selection.provisional:
+            st.caption(
+                f"{name}: the units shown stand in until its missing inputs are chosen; "
+                "the parameter counts are exact."
+            )
     st.plotly_chart(
-        charts.unit_selection_grid(unit_map, previews), key="unit-grid", width="stretch"
+        charts.unit_selection_grid(unit_grid(preview.unit_map), selections),
+        key="unit-grid",
+        width="stretch",
     )
-    for message in preview_errors:
+    for message in problems:
         st.warning(message)
 elif units_error:
     st.info(f"No unit preview for {model}: {units_error}")
@@ -163,8 +162,8 @@ if st.button("Launch", type="primary", key="submit-experiment", disabled=not cho
     with backend_errors("the backend refused the experiment"):
         created = get_client().create_experiment(body)
     data.clear()
-    st.session_state["submitted_jobs"] = created.get("jobs", [])
-    st.session_state["last_experiment"] = (created.get("experiment") or {}).get("id")
+    st.session_state["submitted_jobs"] = created.jobs
+    st.session_state["last_experiment"] = created.experiment.id
 
 if st.session_state["submitted_jobs"]:
     jobs = st.session_state["submitted_jobs"]
@@ -174,12 +173,7 @@ if st.session_state["submitted_jobs"]:
     )
     table(
         [
-            {
-                "job": j.get("id"),
-                "strategy": j.get("strategy"),
-                "seed": j.get("seed"),
-                "status": j.get("status"),
-            }
+            {"job": j.id, "strategy": j.strategy, "seed": j.seed, "status": str(j.status)}
             for j in jobs
         ],
         key="submitted-jobs",

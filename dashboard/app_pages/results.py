@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.shaping import metrics_table, summary_points
 from dashboard.ui import backend_errors, init_state, table
@@ -21,10 +22,7 @@ if not experiments:
     )
     st.stop()
 
-names = {
-    e["id"]: f"#{e['id']} {e.get('name', '')} ({e.get('model')} / {e.get('dataset')})"
-    for e in experiments
-}
+names = {e.id: f"#{e.id} {e.name} ({e.model} / {e.dataset})" for e in experiments}
 default = st.session_state.get("last_experiment")
 ids = list(names)
 experiment_id = st.selectbox(
@@ -36,18 +34,18 @@ experiment_id = st.selectbox(
 )
 with backend_errors(f"loading experiment {experiment_id}"):
     experiment = data.experiment(experiment_id)
-    jobs = experiment.get("jobs") or data.all_jobs(experiment_id=experiment_id)
+    jobs = data.all_jobs(experiment_id=experiment_id)
 
-summary = experiment.get("summary") or experiment.get("strategies") or []
-done = sum(j.get("status") == "succeeded" for j in jobs)
+summary = experiment.summary
+done = sum(j.status == JobStatus.SUCCEEDED for j in jobs)
 st.caption(
-    f"{experiment.get('model')} on {experiment.get('dataset')} · {len(jobs)} job(s), "
-    f"{done} finished · hyperparameters {experiment.get('hparams') or {}}"
+    f"{experiment.model} on {experiment.dataset} · {len(jobs)} job(s), "
+    f"{done} finished · hyperparameters {experiment.hparams}"
 )
 
 if summary:
     st.subheader("Per strategy (mean ± spread over seeds)")
-    columns = [
+    columns = {
         "label",
         "jobs",
         "succeeded",
@@ -56,9 +54,9 @@ if summary:
         "heldout_acc_mean",
         "tuned_params",
         "tuned_fraction",
-    ]
+    }
     table(
-        [{c: row.get(c) for c in columns} for row in summary],
+        [row.model_dump(include=columns) for row in summary],
         key="results-table",
         column_config={
             "label": "strategy",
@@ -79,13 +77,13 @@ else:
         "succeeds (follow progress on the **Jobs** page)."
     )
 
-finished = [j for j in jobs if j.get("status") == "succeeded" and j.get("kind") == "finetune"]
+finished = [j for j in jobs if j.status == JobStatus.SUCCEEDED and j.kind == JobKind.FINETUNE]
 if finished:
     runs = {}
     with backend_errors("loading metrics"):
         for job in finished[:60]:  # keeps the page fast for very large experiments
-            label = f"{job.get('strategy')} · seed {job.get('seed')} (#{job['id']})"
-            runs[label] = metrics_table(data.metrics(job["id"]))
+            label = f"{job.strategy} · seed {job.seed} (#{job.id})"
+            runs[label] = metrics_table(data.metrics(job.id))
     c1, c2 = st.columns(2)
     c1.plotly_chart(
         charts.compare_curves(runs, "test_acc"), key="results-test-curves", width="stretch"

@@ -1,46 +1,45 @@
 """Soups: pick compatible ingredients (finished fine-tuning jobs of one model and dataset), a
-method and shift sets; then the greedy trace and the soup against its best ingredient and the
-uniform soup, in distribution and under shifts."""
+merge method (the catalogue's, ``/catalog/soups``, with its parameters) and shift sets; then the
+soup's trace and the soup against its best ingredient and the other soups of the same
+ingredients, in distribution and under shifts."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.client import get_client
+from dashboard.params import param_widgets
 from dashboard.soup_view import (
     comparison_scores,
     family,
     family_label,
     incompatibility,
+    same_recipe,
     trace_points,
 )
 from dashboard.ui import backend_errors, flash, init_state, job_label, show_flash, table
-
-METHODS = {
-    "uniform": "average every ingredient",
-    "greedy": "add ingredients by held-out accuracy, keep each only if it helps (Wortsman 2022)",
-    "masked": "average only the tensors each ingredient tuned, on the pre-trained base",
-}
 
 init_state()
 st.title("Model soups")
 show_flash()
 
 with backend_errors("loading jobs"):
-    finetunes = data.all_jobs(kind="finetune")
-    soups = data.all_jobs(kind="soup")
+    finetunes = data.all_jobs(kind=JobKind.FINETUNE)
+    soups = data.all_jobs(kind=JobKind.SOUP)
     datasets = data.datasets()
+    methods = {m.name: m for m in data.soup_methods()}
 
 st.subheader("New soup")
-finished = [j for j in finetunes if j.get("status") == "succeeded"]
+finished = [j for j in finetunes if j.status == JobStatus.SUCCEEDED]
 if not finished:
     st.info(
         "No finished fine-tuning job yet: a soup averages finished fine-tuning jobs of one "
         "model and dataset. Launch an experiment with several seeds or strategies first."
     )
 else:
-    families: dict[tuple, list[dict]] = {}
+    families: dict[tuple, list] = {}
     for job in finished:
         families.setdefault(family(job), []).append(job)
     keys = sorted(families, key=lambda f: -len(families[f]))
@@ -50,8 +49,7 @@ else:
         key="soup-family",
         format_func=lambda f: f"{family_label(f)} ({len(families[f])} finished job(s))",
     )
-    pool = families[chosen_family]
-    by_id = {j["id"]: j for j in pool}
+    by_id = {j.id: j for j in families[chosen_family]}
     ingredients = st.multiselect(
         "Ingredients",
         list(by_id),
@@ -60,22 +58,23 @@ else:
     )
     method = st.radio(
         "Method",
-        list(METHODS),
+        list(methods),
         key="soup-method",
         horizontal=True,
-        format_func=str,
-        help="; ".join(f"{k}: {v}" for k, v in METHODS.items()),
+        help="; ".join(f"{m.name}: {m.description}" for m in methods.values()),
     )
-    st.caption(METHODS[method])
-    shift_names = [s["name"] for s in datasets.get("shifts", [])]
-    shifts = st.multiselect("Evaluate under shifts", shift_names, key="soup-shifts")
+    st.caption(methods[method].description)
+    params = param_widgets(methods[method], prefix=f"soup-param-{method}")
+    shifts = st.multiselect(
+        "Evaluate under shifts", [s.name for s in datasets.shifts], key="soup-shifts"
+    )
 
-    blocked = [(j, incompatibility(j, chosen_family)) for j in finetunes if j["id"] not in by_id]
+    blocked = [(j, incompatibility(j, chosen_family)) for j in finetunes if j.id not in by_id]
     blocked = [(j, why) for j, why in blocked if why]
     if blocked:
         with st.expander(f"{len(blocked)} job(s) cannot be picked for this soup"):
             table(
-                [{"job": j["id"], "why": why} for j, why in blocked[:500]],
+                [{"job": j.id, "why": why} for j, why in blocked[:500]],
                 key="soup-blocked",
                 hide_index=True,
                 width="stretch",
@@ -87,16 +86,16 @@ else:
         disabled=len(ingredients) < 2,
         help="pick at least two ingredients",
     ):
+        body = {"ingredients": ingredients, "method": method, "shifts": shifts}
+        if params:
+            body["params"] = params
         with backend_errors("the backend refused the soup"):
-            created = get_client().create_soup(
-                {"ingredients": ingredients, "method": method, "shifts": shifts}
-            )
+            created = get_client().create_soup(body)
         data.clear()
         flash(
-            f"Soup job {created.get('id')} ({created.get('status')}) created from "
-            f"{len(ingredients)} ingredients."
+            f"Soup job {created.id} ({created.status}) created from {len(ingredients)} ingredients."
         )
-        st.session_state["soup-select"] = created.get("id")
+        st.session_state["soup-select"] = created.id
         st.rerun()
 
 st.divider()
@@ -104,35 +103,36 @@ st.subheader("Soups")
 if not soups:
     st.info("No soup yet: pick two or more ingredients above and build one.")
     st.stop()
-soup_jobs = {j["id"]: j for j in soups}
+soup_jobs = {j.id: j for j in soups}
 soup_job_id = st.selectbox(
     "Soup", list(soup_jobs), key="soup-select", format_func=lambda i: job_label(soup_jobs[i])
 )
 soup_job = soup_jobs[soup_job_id]
-if soup_job.get("status") != "succeeded":
+if soup_job.status != JobStatus.SUCCEEDED:
     st.info(
-        f"Soup job {soup_job_id} is {soup_job.get('status')}: results appear when it "
-        "succeeds." + (f" Error: {soup_job['error']}" if soup_job.get("error") else "")
+        f"Soup job {soup_job_id} is {soup_job.status}: results appear when it "
+        "succeeds." + (f" Error: {soup_job.error}" if soup_job.error else "")
     )
     st.stop()
 with backend_errors(f"loading soup {soup_job_id}"):
     soup = data.soup(soup_job_id)
-    ingredient_jobs = [data.job(i) for i in soup.get("ingredients", [])]
+    ingredient_jobs = [data.job(i) for i in soup.ingredients]
+    # Other soups of the same ingredients (their spec names them) to compare against.
+    recipe = sorted(soup.ingredients)
+    others = same_recipe(
+        soup,
+        [
+            data.soup(j.id)
+            for j in soups
+            if j.status == JobStatus.SUCCEEDED and sorted(j.config["ingredients"]) == recipe
+        ],
+    )
 
 trace = trace_points(soup)
 if trace:
-    st.plotly_chart(charts.greedy_trace(trace), key="soup-trace", width="stretch")
-uniform_jobs = [
-    data.soup(j["id"])
-    for j in soups
-    if j.get("status") == "succeeded"
-    and j["id"] != soup_job_id
-    and (j.get("config") or {}).get("method") == "uniform"
-    and sorted((j.get("config") or {}).get("ingredients", []))
-    == sorted(soup.get("ingredients", []))
-]
-scores = comparison_scores(soup, ingredient_jobs, uniform_jobs[0] if uniform_jobs else None)
+    st.plotly_chart(charts.soup_trace(trace), key="soup-trace", width="stretch")
+scores = comparison_scores(soup, ingredient_jobs, others)
 if scores:
     st.plotly_chart(charts.soup_comparison(scores), key="soup-comparison", width="stretch")
-if soup.get("method") != "uniform" and not uniform_jobs:
-    st.caption("Build a uniform soup of the same ingredients to compare against it.")
+if not others:
+    st.caption("Build a soup of the same ingredients with another method to compare with it.")

@@ -1,4 +1,5 @@
-"""Every figure function: data in, figure out (traces, axes, values)."""
+"""Every figure function and grid: data in (the API's models), figure out (traces, axes,
+values). Unit maps and selections are pft's own, in the API's shapes."""
 
 from __future__ import annotations
 
@@ -7,21 +8,23 @@ import json
 import plotly.graph_objects as go
 import pytest
 
+from contract.api import AngleRow, SelectionPublic, UnitMapPublic
+from contract.vocab import AngleScope
 from dashboard import charts
-from dashboard.selection import preview
-from pft.errors import PftError
+from dashboard.layout import groups_of, tensor_grid, unit_grid
 from pft.model_catalog import unit_map_for
 from pft.strategies import resolve_strategy
 
 
 @pytest.fixture(scope="module")
-def micro() -> dict:
-    return unit_map_for("pft/vit-micro", 10).to_dict()  # 4 blocks
+def micro() -> UnitMapPublic:
+    return UnitMapPublic.model_validate(unit_map_for("pft/vit-micro", 10).to_dict())  # 4 blocks
 
 
 @pytest.fixture(scope="module")
-def swin() -> dict:
-    return unit_map_for("swin_tiny_patch4_window7_224.ms_in1k", 100).to_dict()
+def swin() -> UnitMapPublic:
+    um = unit_map_for("swin_tiny_patch4_window7_224.ms_in1k", 100)
+    return UnitMapPublic.model_validate(um.to_dict())
 
 
 def _unit_angles(depth: int) -> dict[str, float]:
@@ -32,10 +35,50 @@ def _unit_angles(depth: int) -> dict[str, float]:
     }
 
 
+def _part(tensor: str) -> str:
+    """What `pft.angles.tensor_part` answers (kept here: pft.angles imports torch)."""
+    parts = ("qkv", "proj", "fc1", "fc2", "norm1", "norm2")
+    return next((p for p in parts if f".{p}." in tensor), "other")
+
+
+def _tensor_rows(um: UnitMapPublic, angle) -> list[AngleRow]:
+    return [
+        AngleRow(
+            scope=AngleScope.TENSOR,
+            name=t,
+            angle_deg=angle(u, t),
+            unit=u.name,
+            group=u.group,
+            block=u.block,
+            part=_part(t),
+        )
+        for u in um.units
+        for t in u.tensors
+    ]
+
+
+def _unit_rows(angles: dict[str, float], um: UnitMapPublic) -> list[AngleRow]:
+    where = {u.name: u for u in um.units}
+    return [
+        AngleRow(
+            scope=AngleScope.UNIT,
+            name=n,
+            angle_deg=v,
+            unit=n,
+            group=where[n].group,
+            block=where[n].block,
+        )
+        for n, v in angles.items()
+    ]
+
+
 def test_selection_grid_marks_exactly_the_tuned_units(micro):
     um = unit_map_for("pft/vit-micro", 10)
-    sels = [resolve_strategy(um, s).to_dict() for s in ("attn_first_half", "ffn_only")]
-    fig = charts.unit_selection_grid(micro, sels)
+    sels = [
+        SelectionPublic.model_validate(resolve_strategy(um, s).to_dict())
+        for s in ("attn_first_half", "ffn_only")
+    ]
+    fig = charts.unit_selection_grid(unit_grid(micro), sels)
     assert len(fig.data) == 2
     attn_first, ffn_only = fig.data
     assert list(attn_first.x) == ["ATTN", "FFN"]
@@ -49,31 +92,25 @@ def test_selection_grid_marks_exactly_the_tuned_units(micro):
 
 
 def test_selection_grid_with_no_strategy_is_an_empty_titled_figure(micro):
-    fig = charts.unit_selection_grid(micro, [])
+    fig = charts.unit_selection_grid(unit_grid(micro), [])
     assert len(fig.data) == 0
     assert fig.layout.annotations[0].text == "no strategy selected"
 
 
-def test_preview_agrees_with_pft_resolution(micro):
-    um = unit_map_for("pft/vit-micro", 10)
-    for name in ("full", "linear_probe", "attn_only", "blocks_last_half"):
-        expected = resolve_strategy(um, name)
-        got = preview(micro, name)
-        assert got["units"] == list(expected.units)
-        assert got["tuned_params"] == expected.tuned_params
-    angles = _unit_angles(4)
-    got = preview(micro, "angle_topk", {"k": 1, "order": "largest", "angles": angles})
-    assert got["units"] == ["ATTN.3", "FFN.3"]
-    assert got["units"] == list(
-        resolve_strategy(um, "angle_topk", k=1, order="largest", angles=angles).units
-    )
+def test_unit_grid_columns_are_the_unit_maps_kinds(micro, swin):
+    assert unit_grid(micro).columns == ("ATTN", "FFN")
+    grid = unit_grid(swin)
+    assert grid.columns == ("ATTN", "FFN") and grid.depth == swin.depth == 12
+    last = swin.units[-1]
+    assert grid.cells[last.name] == (last.block, 1)
 
 
-def test_preview_errors_name_the_bad_parameter(micro):
-    with pytest.raises(PftError, match="k must be an integer from 1 to 4"):
-        preview(micro, "angle_topk", {"k": 5, "order": "largest", "angles": _unit_angles(4)})
-    with pytest.raises(PftError, match="unknown unit 'ATTN.9'"):
-        preview(micro, "custom", {"units": ["ATTN.9"]})
+def test_unit_grid_without_a_unit_map_places_rows_by_their_block_and_group(micro):
+    rows = _unit_rows({"ATTN.0": 1.0, "FFN.2": 3.0}, micro)
+    grid = unit_grid(None, rows)
+    assert grid.columns == ("ATTN", "FFN") and grid.depth == 3
+    fig = charts.unit_angle_heatmap({"ATTN.0": 1.0, "FFN.2": 3.0}, grid)
+    assert [list(r) for r in fig.data[0].z] == [[1.0, None], [None, None], [None, 3.0]]
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -130,8 +167,7 @@ def test_compare_curves_one_line_per_run():
 
 
 def test_unit_angle_heatmap_values_and_hover(micro):
-    angles = _unit_angles(4)
-    fig = charts.unit_angle_heatmap(angles, micro)
+    fig = charts.unit_angle_heatmap(_unit_angles(4), unit_grid(micro))
     (heat,) = fig.data
     assert isinstance(heat, go.Heatmap)
     assert list(heat.x) == ["ATTN", "FFN"]
@@ -140,47 +176,53 @@ def test_unit_angle_heatmap_values_and_hover(micro):
     assert "%{z:.3f}°" in heat.hovertemplate
 
 
-def test_unit_angle_heatmap_without_unit_map_infers_depth():
-    fig = charts.unit_angle_heatmap({"ATTN.0": 1.0, "FFN.2": 3.0})
-    assert [list(r) for r in fig.data[0].z] == [[1.0, None], [None, None], [None, 3.0]]
-
-
 def test_tensor_heatmap_columns_and_cells(micro):
-    tensors = {}
-    for u in micro["units"]:
-        for t in u["tensors"]:
-            tensors[t] = float(u["block"]) + (0.25 if t.endswith("bias") else 0.0)
-    tensors["head.weight"] = 99.0  # not part of the grid
-    fig = charts.tensor_angle_heatmap(tensors, micro)
+    rows = _tensor_rows(micro, lambda u, t: u.block + (0.25 if t.endswith("bias") else 0.0))
+    rows.append(AngleRow(scope=AngleScope.TENSOR, name="head.weight", angle_deg=99.0))
+    grid = tensor_grid(rows, micro)
+    # Parts in the order the model holds them (the rows' order): the way data flows in a block.
+    assert grid.columns == ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+    fig = charts.tensor_angle_heatmap(rows, grid)
     (heat,) = fig.data
-    assert list(heat.x) == ["qkv", "proj", "fc1", "fc2", "norms"]
+    assert list(heat.x) == list(grid.columns)
     assert len(heat.z) == 4
-    assert list(heat.z[3]) == [3.0] * 5  # the weights' angle, not the biases'
-    bias_only = charts.tensor_angle_heatmap({"blocks.0.attn.qkv.bias": 40.0})
-    assert list(bias_only.data[0].z[0]) == [40.0, None, None, None, None]
-    assert "blocks.3.attn.qkv.bias: 3.250°" in heat.customdata[3][0]
-    assert "blocks.3.norm1.weight" in heat.customdata[3][4]
-    assert "blocks.3.norm2.weight" in heat.customdata[3][4]
+    assert list(heat.z[3]) == [3.0] * 6  # the weights' angle, not the biases'
+    assert "blocks.3.attn.qkv.bias: 3.250°" in heat.customdata[3][1]
+    assert "blocks.3.norm1.weight" in heat.customdata[3][0]
     assert 99.0 not in [v for row in heat.z for v in row]
 
 
-def test_tensor_heatmap_accepts_role_names_and_swin_blocks(swin):
-    fig = charts.tensor_angle_heatmap({"blocks.1.qkv": 4.0, "blocks.0.fc2": 2.0})
-    assert [list(r) for r in fig.data[0].z] == [
-        [None, None, None, 2.0, None],
-        [4.0, None, None, None, None],
+def test_tensor_heatmap_shows_a_bias_only_where_a_cell_has_no_weight(micro):
+    row = AngleRow(
+        scope=AngleScope.TENSOR,
+        name="blocks.0.attn.qkv.bias",
+        angle_deg=40.0,
+        unit="ATTN.0",
+        group="ATTN",
+        block=0,
+        part="qkv",
+    )
+    fig = charts.tensor_angle_heatmap([row], tensor_grid([row]))
+    assert [list(r) for r in fig.data[0].z] == [[40.0]]
+
+
+def test_tensor_grid_takes_a_tensors_block_from_its_unit(swin):
+    last = swin.units[-1]  # FFN of the last block, in stage 3
+    rows = [
+        r.model_copy(update={"block": None})
+        for r in _tensor_rows(swin, lambda u, t: 7.0)
+        if r.unit == last.name
     ]
-    last = swin["units"][-1]  # FFN of the last block, in stage 3
-    fig = charts.tensor_angle_heatmap({t: 7.0 for t in last["tensors"]}, swin)
-    z = fig.data[0].z
-    assert len(z) == swin["depth"] == 12
-    assert list(z[11]) == [None, None, 7.0, 7.0, 7.0]
+    grid = tensor_grid(rows, swin)
+    z = charts.tensor_angle_heatmap(rows, grid).data[0].z
+    assert len(z) == swin.depth == 12
+    assert list(z[11]) == [7.0] * len(grid.columns)
 
 
 def test_difference_heatmap_is_b_minus_a_centred_on_zero(micro):
     a = _unit_angles(4)
     b = {n: v * 2 for n, v in a.items()}
-    fig = charts.angle_difference_heatmap(a, b, ("job 1", "job 2"), micro)
+    fig = charts.angle_difference_heatmap(a, b, unit_grid(micro), ("job 1", "job 2"))
     (heat,) = fig.data
     assert heat.zmid == 0
     assert [list(r) for r in heat.z][1] == [10.5, 11.5]
@@ -189,7 +231,7 @@ def test_difference_heatmap_is_b_minus_a_centred_on_zero(micro):
 
 def test_trajectory_has_one_frame_per_epoch_and_a_slider(micro):
     per_epoch = {e: {n: v * e for n, v in _unit_angles(4).items()} for e in (1, 2, 3)}
-    fig = charts.angle_trajectory(per_epoch, micro)
+    fig = charts.angle_trajectory(per_epoch, unit_grid(micro))
     assert [f.name for f in fig.frames] == ["1", "2", "3"]
     assert [list(r) for r in fig.frames[0].data[0].z][0] == [0.5, 1.5]
     assert [s.label for s in fig.layout.sliders[0].steps] == ["1", "2", "3"]
@@ -200,7 +242,7 @@ def test_trajectory_has_one_frame_per_epoch_and_a_slider(micro):
 
 def test_ranked_bars_sort_per_group_and_highlight_selection(micro):
     angles = _unit_angles(4)
-    fig = charts.ranked_angle_bars(angles, micro, selected=["ATTN.3", "FFN.0"])
+    fig = charts.ranked_angle_bars(angles, groups_of(micro), selected=["ATTN.3", "FFN.0"])
     attn, ffn = fig.data
     assert list(attn.y) == ["ATTN.3", "ATTN.2", "ATTN.1", "ATTN.0"]
     assert list(attn.x) == [30.5, 20.5, 10.5, 0.5]
@@ -211,18 +253,23 @@ def test_ranked_bars_sort_per_group_and_highlight_selection(micro):
 
 
 def test_ranked_bars_one_panel_per_swin_group(swin):
-    angles = {u["name"]: float(u["block"]) for u in swin["units"]}
-    fig = charts.ranked_angle_bars(angles, swin)
+    angles = {u.name: float(u.block) for u in swin.units}
+    fig = charts.ranked_angle_bars(angles, groups_of(swin))
     assert len(fig.data) == 8  # 4 stages x ATTN/FFN
 
 
-def test_greedy_trace_splits_accepted_and_rejected():
+def test_groups_without_a_unit_map_come_from_the_rows_in_depth_order(micro):
+    rows = _unit_rows({"FFN.1": 1.0, "ATTN.1": 2.0, "ATTN.0": 3.0}, micro)
+    assert groups_of(None, rows) == {"ATTN": ["ATTN.0", "ATTN.1"], "FFN": ["FFN.1"]}
+
+
+def test_soup_trace_splits_accepted_and_rejected():
     trace = [
         {"step": 0, "ingredient": 5, "score": 0.80, "accepted": True},
         {"step": 1, "ingredient": 3, "score": 0.78, "accepted": False},
         {"step": 2, "ingredient": 4, "score": 0.83, "accepted": True},
     ]
-    fig = charts.greedy_trace(trace)
+    fig = charts.soup_trace(trace)
     accepted, rejected, line = fig.data
     assert list(accepted.x) == [0, 2] and list(accepted.y) == [0.80, 0.83]
     assert list(rejected.text) == ["job 3"]
@@ -231,9 +278,9 @@ def test_greedy_trace_splits_accepted_and_rejected():
 
 def test_soup_comparison_groups_bars_by_evaluation_set():
     scores = {
-        "greedy soup": {"in-distribution": 0.9, "gaussian_noise": 0.7},
+        "a soup": {"in-distribution": 0.9, "gaussian_noise": 0.7},
         "best ingredient": {"in-distribution": 0.88, "gaussian_noise": 0.6},
-        "uniform soup": {"in-distribution": 0.86},
+        "b soup": {"in-distribution": 0.86},
     }
     fig = charts.soup_comparison(scores)
     assert fig.layout.barmode == "group"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 NEXT_STEPS = {
     "jobs": "Launch an experiment on the **New experiment** page",
     "results": "No experiment yet: launch one on the **New experiment** page",
-    "angles": "No finished fine-tuning job yet: launch one (strategy `full`)",
+    "angles": "No finished fine-tuning job yet: launch one on the **New experiment** page",
     "soups": "No finished fine-tuning job yet: a soup averages finished fine-tuning jobs",
 }
 

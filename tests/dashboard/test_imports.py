@@ -1,4 +1,5 @@
-"""The dashboard stays slim: no torch, timm, database or broker code on its import path."""
+"""The dashboard talks HTTP only: no pft, backend, worker, torch, database or broker code on its
+import path (it shares only `contract` with the API)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ FORBIDDEN = (
     "backend",
     "worker",
     "safetensors",
-    "pft.model_factory",
-    "pft.engine",
+    "pft",
 )
 MODULES = [
     "dashboard.charts",
@@ -29,7 +29,7 @@ MODULES = [
     "dashboard.config",
     "dashboard.data",
     "dashboard.layout",
-    "dashboard.selection",
+    "dashboard.params",
     "dashboard.shaping",
     "dashboard.soup_view",
     "dashboard.ui",

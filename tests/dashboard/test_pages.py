@@ -1,4 +1,5 @@
-"""Every page under Streamlit's AppTest against a real backend (see conftest.py)."""
+"""Every page under Streamlit's AppTest against a real backend fed by the real engine (see
+conftest.py): what a page draws is compared with what the API holds."""
 
 from __future__ import annotations
 
@@ -11,20 +12,25 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard.charts import TUNED_COLOR, pareto_front
 from tests.dashboard.conftest import (
+    DATASET,
+    MODEL,
     Backend,
-    finish_job,
-    finish_soup,
+    Engine,
+    api,
+    claim,
+    fail_job,
+    heartbeat,
     submit_experiment,
-    unit_angles,
 )
 
 PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "app_pages"
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=30)
+    return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
 
 
 def figure(at: AppTest, key: str) -> dict:
@@ -56,19 +62,45 @@ def page_text(at: AppTest) -> str:
 
 def assert_clean(at: AppTest, backend: Backend) -> None:
     assert not at.exception, [e.value for e in at.exception]
-    assert backend.token not in page_text(at)
+    text = page_text(at)
+    assert backend.token not in text
+    assert not backend.worker_token or backend.worker_token not in text
 
 
 def job(backend: Backend, job_id: int) -> dict:
-    with backend.client() as c:
-        return c.get(f"/jobs/{job_id}").json()
+    return api(backend, f"/jobs/{job_id}")
+
+
+def final_units(backend: Backend, job_id: int) -> dict[str, dict]:
+    """The job's final unit rows by name, as the API answers them."""
+    return {r["name"]: r for r in api(backend, f"/jobs/{job_id}/angles")["final"]["units"]}
+
+
+def on_grid(rows: dict[str, dict], depth: int, kinds=("ATTN", "FFN")) -> list[list[float]]:
+    """The blocks x kinds matrix the unit heatmap must show, placed by the rows' own fields."""
+    z = [[None] * len(kinds) for _ in range(depth)]
+    for r in rows.values():
+        z[r["block"]][kinds.index(r["group"])] = r["angle_deg"]
+    return z
+
+
+def ranked_per_group(rows: dict[str, dict], k: int, largest: bool) -> set[str]:
+    out = set()
+    for group in {r["group"] for r in rows.values()}:
+        members = sorted(
+            (r for r in rows.values() if r["group"] == group),
+            key=lambda r: r["angle_deg"],
+            reverse=largest,
+        )
+        out |= {r["name"] for r in members[:k]}
+    return out
 
 
 def test_new_experiment_previews_units_and_launches_jobs(dashboard_env: Backend):
     at = page("new_experiment").run()
     assert_clean(at, dashboard_env)
-    at.selectbox(key="model").set_value("pft/vit-micro")
-    at.selectbox(key="dataset").set_value("synthetic")
+    at.selectbox(key="model").set_value(MODEL)
+    at.selectbox(key="dataset").set_value(DATASET)
     at.multiselect(key="strategies").set_value(["full", "attn_first_half"])
     at.text_input(key="seeds").set_value("0, 1")
     at.number_input(key="hp-epochs").set_value(1)
@@ -76,8 +108,16 @@ def test_new_experiment_previews_units_and_launches_jobs(dashboard_env: Backend)
     assert_clean(at, dashboard_env)
     grid = figure(at, "unit-grid")
     assert [t["name"] for t in grid["data"]] == ["full", "attn_first_half"]
+    assert grid["data"][0]["x"] == ["ATTN", "FFN"]
     assert grid["data"][0]["z"] == [[1.0, 1.0]] * 4
     assert grid["data"][1]["z"] == [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    served = {
+        s["name"]: s
+        for s in api(dashboard_env, f"/models/{MODEL}/units", num_classes=4)["strategies"]
+    }
+    titles = [a["text"] for a in grid["layout"]["annotations"]]
+    fraction = 100 * served["attn_first_half"]["tuned_fraction"]
+    assert titles[1].startswith("attn_first_half<br>") and f"({fraction:.1f}%)" in titles[1]
 
     at.button(key="submit-experiment").click().run()
     assert_clean(at, dashboard_env)
@@ -85,8 +125,7 @@ def test_new_experiment_previews_units_and_launches_jobs(dashboard_env: Backend)
     assert len(created) == 4  # 2 strategies x 2 seeds
     assert sorted(created["strategy"]) == ["attn_first_half"] * 2 + ["full"] * 2
     experiment_id = at.session_state["last_experiment"]
-    with dashboard_env.client() as c:
-        detail = c.get(f"/experiments/{experiment_id}").json()
+    detail = api(dashboard_env, f"/experiments/{experiment_id}")
     assert sorted(detail["job_ids"]) == sorted(created["job"])
     assert job(dashboard_env, int(created["job"][0]))["config"]["hparams"]["epochs"] == 1
     import redis
@@ -115,31 +154,64 @@ def test_new_experiment_shows_the_backends_message(dashboard_env: Backend):
     assert "Traceback" not in error.value
 
 
-def test_new_experiment_angle_topk_needs_a_finished_full_job(dashboard_env: Backend):
+def test_new_experiment_units_parameter_is_a_multiselect_of_the_models_units(
+    dashboard_env: Backend,
+):
+    at = page("new_experiment").run()
+    at.selectbox(key="model").set_value(MODEL)
+    at.selectbox(key="dataset").set_value(DATASET)
+    at.multiselect(key="strategies").set_value(["custom"]).run()
+    units = at.multiselect(key="param-custom-units")
+    assert units.options == [f"{k}.{i}" for i in range(4) for k in ("ATTN", "FFN")]
+    units.set_value(["ATTN.0", "FFN.3"]).run()
+    assert_clean(at, dashboard_env)
+    assert not at.warning, [w.value for w in at.warning]
+    (panel,) = figure(at, "unit-grid")["data"]
+    assert panel["z"] == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    at.button(key="submit-experiment").click().run()
+    assert_clean(at, dashboard_env)
+    config = job(dashboard_env, int(frame(at, "submitted-jobs")["job"][0]))["config"]
+    assert config["strategy"] == "custom"
+    assert config["strategy_params"]["units"] == ["ATTN.0", "FFN.3"]
+
+
+def test_new_experiment_reference_job_comes_from_finished_jobs(
+    dashboard_env: Backend, engine: Engine
+):
     created = submit_experiment(dashboard_env, [{"name": "full"}], dataset="digits")
     ref = created["jobs"][0]["id"]
     at = page("new_experiment").run()
-    at.selectbox(key="model").set_value("pft/vit-micro")
+    at.selectbox(key="model").set_value(MODEL)
     at.selectbox(key="dataset").set_value("digits")
     at.multiselect(key="strategies").set_value(["angle_topk"]).run()
-    assert any("No finished full fine-tuning job" in i.value for i in at.info)
-    finish_job(dashboard_env, ref)
+    assert_clean(at, dashboard_env)
+    assert any(f"no finished fine-tuning job of {MODEL} on digits" in i.value for i in at.info)
+    (provisional,) = figure(at, "unit-grid")["data"]  # counts are exact before a reference
+    assert sum(v for row in provisional["z"] for v in row) == 2  # k = 1 of each group
+
+    engine.finish(dashboard_env, ref)
     st.cache_data.clear()  # the page caches job lists for a refresh period
     at = page("new_experiment").run()
-    at.selectbox(key="model").set_value("pft/vit-micro")
+    at.selectbox(key="model").set_value(MODEL)
     at.selectbox(key="dataset").set_value("digits")
     at.multiselect(key="strategies").set_value(["angle_topk"]).run()
-    at.number_input(key="topk-k").set_value(1)
-    at.radio(key="topk-order").set_value("largest").run()
+    at.selectbox(key="param-angle_topk-reference_job").set_value(ref)
+    at.number_input(key="param-angle_topk-k").set_value(1)
+    at.radio(key="param-angle_topk-order").set_value("largest").run()
     assert_clean(at, dashboard_env)
     assert not at.warning, [w.value for w in at.warning]
-    grid = figure(at, "unit-grid")
-    assert grid["data"][0]["z"] == [[0.0, 0.0]] * 3 + [[1.0, 1.0]]  # block 3 has the largest
+    (panel,) = figure(at, "unit-grid")["data"]
+    rows = final_units(dashboard_env, ref)
+    tuned = {
+        n for n, r in rows.items() if panel["z"][r["block"]][("ATTN", "FFN").index(r["group"])]
+    }
+    assert tuned == ranked_per_group(rows, 1, largest=True)
     at.button(key="submit-experiment").click().run()
-    new = frame(at, "submitted-jobs")
-    config = job(dashboard_env, int(new["job"][0]))["config"]
-    assert config["strategy"]["name"] == "angle_topk"
-    assert config["strategy"]["reference_job"] == ref
+    assert_clean(at, dashboard_env)
+    config = job(dashboard_env, int(frame(at, "submitted-jobs")["job"][0]))["config"]
+    assert config["strategy"] == "angle_topk"
+    assert config["strategy_params"]["reference_job"] == ref
+    assert config["strategy_params"]["k"] == 1 and config["strategy_params"]["order"] == "largest"
 
 
 def test_jobs_page_lists_cancels_and_retries(dashboard_env: Backend):
@@ -165,11 +237,11 @@ def test_jobs_page_lists_cancels_and_retries(dashboard_env: Backend):
     assert job(dashboard_env, job_id)["status"] == "queued"
 
 
-def test_jobs_page_shows_curves_and_errors(dashboard_env: Backend):
+def test_jobs_page_shows_curves_and_errors(dashboard_env: Backend, engine: Engine):
     created = submit_experiment(dashboard_env, [{"name": "attn_only"}, {"name": "linear_probe"}])
     ok, bad = (j["id"] for j in created["jobs"])
-    finish_job(dashboard_env, ok, test_acc=0.75)
-    finish_job(dashboard_env, bad, status="failed", error="CUDA out of memory (simulated)")
+    engine.finish(dashboard_env, ok)
+    fail_job(dashboard_env, bad, "CUDA out of memory (simulated)")
     at = page("jobs").run()
     at.selectbox(key="jobs-experiment").set_value(created["experiment"]["id"]).run()
     rows = frame(at, "jobs-table")
@@ -181,151 +253,192 @@ def test_jobs_page_shows_curves_and_errors(dashboard_env: Backend):
         "test accuracy",
         "train loss",
     ]
-    assert curves["data"][1]["y"] == [0.375, 0.75]
+    metrics = api(dashboard_env, f"/jobs/{ok}/metrics")
+    assert curves["data"][1]["y"] == [m["test_acc"] for m in metrics]
+    assert curves["data"][1]["x"] == [1, 2]
     at.selectbox(key="job-select").set_value(bad).run()
     assert_clean(at, dashboard_env)
     assert any("CUDA out of memory (simulated)" in e.value for e in at.error)
     assert not at.button(key="retry-job").disabled
 
 
-def test_results_page_summarises_an_experiment(dashboard_env: Backend):
+def test_results_page_summarises_an_experiment(dashboard_env: Backend, engine: Engine):
     created = submit_experiment(
         dashboard_env,
         [{"name": "full"}, {"name": "attn_only"}, {"name": "linear_probe"}],
         seeds=[0, 1],
         name="results-test",
     )
-    accs = {"full": (0.80, 0.82), "attn_only": (0.85, 0.87), "linear_probe": (0.50, 0.52)}
+    accs: dict[str, list[float]] = {}
     for j in created["jobs"]:
-        finish_job(dashboard_env, j["id"], test_acc=accs[j["strategy"]][j["seed"]])
+        engine.finish(dashboard_env, j["id"])
+        accs.setdefault(j["strategy"], []).append(job(dashboard_env, j["id"])["result"]["test_acc"])
     at = page("results").run()
     at.selectbox(key="results-experiment").set_value(created["experiment"]["id"]).run()
     assert_clean(at, dashboard_env)
     rows = frame(at, "results-table")
     means = dict(zip(rows["label"], rows["test_acc_mean"], strict=True))
-    assert means == pytest.approx({"full": 0.81, "attn_only": 0.86, "linear_probe": 0.51})
+    assert means == pytest.approx({s: sum(a) / len(a) for s, a in accs.items()})
+    summary = api(dashboard_env, f"/experiments/{created['experiment']['id']}")["summary"]
+    tuned = {s["label"]: s["tuned_params"] for s in summary}
+    assert dict(zip(rows["label"], rows["tuned_params"], strict=True)) == tuned
     scatter = figure(at, "results-scatter")
     points, front = scatter["data"]
-    assert sorted(points["y"]) == pytest.approx([0.51, 0.81, 0.86])
-    assert front["text"] == ["linear_probe", "attn_only"]  # full is dominated by attn_only
+    assert sorted(points["y"]) == pytest.approx(sorted(means.values()))
+    expected = [
+        {"strategy": s, "tuned_params": tuned[s], "accuracy": means[s]} for s in sorted(means)
+    ]
+    assert front["text"] == [expected[i]["strategy"] for i in pareto_front(expected)]
+    assert front["text"][0] == "linear_probe"  # the fewest parameters: never dominated
     curves = figure(at, "results-test-curves")
     assert len(curves["data"]) == 6
     assert keys(at, "download_button") == ["download-csv", "download-json"]
 
 
-def test_angles_page_heatmaps_compare_and_launch_topk(dashboard_env: Backend):
-    created = submit_experiment(
-        dashboard_env, [{"name": "full"}, {"name": "full"}], dataset="fashion_mnist_a"
-    )
+def test_angles_page_heatmaps_compare_and_launch_topk(dashboard_env: Backend, engine: Engine):
+    created = submit_experiment(dashboard_env, [{"name": "full"}], seeds=[0, 1])
     first, second = (j["id"] for j in created["jobs"])
-    finish_job(dashboard_env, first, angle_scale=1.0)
-    finish_job(dashboard_env, second, angle_scale=2.0)
+    engine.finish(dashboard_env, first)
+    engine.finish(dashboard_env, second)
+    a, b = final_units(dashboard_env, first), final_units(dashboard_env, second)
     at = page("angles").run()
+    assert at.selectbox(key="angles-job").value == second  # jobs that tuned everything first
     at.selectbox(key="angles-job").set_value(first).run()
     assert_clean(at, dashboard_env)
     units = figure(at, "angles-unit-heatmap")["data"][0]
-    expected = unit_angles()
     assert units["x"] == ["ATTN", "FFN"]
-    assert units["z"] == [[expected[f"ATTN.{i}"], expected[f"FFN.{i}"]] for i in range(4)]
+    assert units["y"] == [f"block {i}" for i in range(4)]
+    assert units["z"] == on_grid(a, 4)
     tensors = figure(at, "angles-tensor-heatmap")["data"][0]
-    assert tensors["x"] == ["qkv", "proj", "fc1", "fc2", "norms"]
+    rows = api(dashboard_env, f"/jobs/{first}/angles")["final"]["tensors"]
+    parts = list(dict.fromkeys(r["part"] for r in rows if r["unit"] is not None))
+    assert tensors["x"] == parts and "qkv" in parts and "fc2" in parts
     assert len(tensors["z"]) == 4
     trajectory = figure(at, "angles-trajectory")
     assert [f["name"] for f in trajectory["frames"]] == ["1", "2"]
 
     at.selectbox(key="angles-compare-job").set_value(second).run()
     side = figure(at, "angles-compare-heatmap")
-    assert side["data"][0]["z"][3] == [2 * expected["ATTN.3"], 2 * expected["FFN.3"]]
+    assert side["data"][0]["z"] == on_grid(b, 4)
     assert side["layout"]["title"]["text"] == f"Angle per unit, job {second}"
     at.radio(key="angles-compare-mode").set_value("difference").run()
     diff = figure(at, "angles-compare-heatmap")["data"][0]
-    assert diff["z"][3] == [expected["ATTN.3"], expected["FFN.3"]]  # 2x - x
+    expected = {n: {**r, "angle_deg": b[n]["angle_deg"] - r["angle_deg"]} for n, r in a.items()}
+    flat = [v for row in on_grid(expected, 4) for v in row]
+    assert [v for row in diff["z"] for v in row] == pytest.approx(flat)
     assert diff["zmid"] == 0
 
+    at.selectbox(key="angles-strategy").set_value("angle_topk")
     at.number_input(key="angles-k").set_value(1)
     at.radio(key="angles-order").set_value("smallest").run()
+    assert_clean(at, dashboard_env)
     bars = figure(at, "angles-ranked")["data"]
-    highlighted = [
-        y for t in bars for y, c in zip(t["y"], t["marker"]["color"], strict=True) if c == "#d62728"
-    ]
-    assert sorted(highlighted) == ["ATTN.0", "FFN.0"]
+    highlighted = {
+        y
+        for t in bars
+        for y, c in zip(t["y"], t["marker"]["color"], strict=True)
+        if c == TUNED_COLOR
+    }
+    assert highlighted == ranked_per_group(a, 1, largest=False)
     at.button(key="launch-topk").click().run()
     assert_clean(at, dashboard_env)
-    with dashboard_env.client() as c:
-        newest = c.get("/jobs", params={"limit": 1}).json()["items"][0]
+    newest = api(dashboard_env, "/jobs", limit=1)["items"][0]
     assert newest["strategy"] == "angle_topk"
-    assert newest["config"]["strategy"]["reference_job"] == first
-    assert newest["config"]["strategy"]["k"] == 1
-    assert newest["dataset"] == "fashion_mnist_a"
+    assert newest["config"]["strategy_params"]["reference_job"] == first
+    assert newest["config"]["strategy_params"]["k"] == 1
+    assert newest["dataset"] == DATASET
 
 
-def test_soups_page_explains_compatibility_builds_and_shows_results(dashboard_env: Backend):
+def test_angles_page_leaves_the_reference_check_to_the_api(dashboard_env: Backend, engine: Engine):
+    created = submit_experiment(dashboard_env, [{"name": "ffn_only"}])
+    partial = created["jobs"][0]["id"]
+    engine.finish(dashboard_env, partial)
+    at = page("angles").run()
+    at.selectbox(key="angles-job").set_value(partial).run()
+    assert_clean(at, dashboard_env)
+    # ffn_only froze every ATTN unit: exactly zero degrees.
+    rows = final_units(dashboard_env, partial)
+    assert all(r["angle_deg"] == 0.0 for r in rows.values() if r["group"] == "ATTN")
+    assert figure(at, "angles-unit-heatmap")["data"][0]["z"] == on_grid(rows, 4)
+    at.selectbox(key="angles-strategy").set_value("angle_topk").run()
+    assert any(f"cannot use job {partial}" in w.value for w in at.warning)
+    assert at.button(key="launch-topk").disabled
+
+
+def test_soups_page_explains_compatibility_builds_and_shows_results(
+    dashboard_env: Backend, engine: Engine
+):
     created = submit_experiment(
-        dashboard_env, [{"name": "attn_only"}], seeds=[0, 1, 2], dataset="fashion_mnist_b"
+        dashboard_env, [{"name": "attn_only"}], seeds=[0, 1, 2], dataset="digits", shifts=["blur"]
     )
     a, b, c = (j["id"] for j in created["jobs"])
-    finish_job(dashboard_env, a, test_acc=0.7, result={"shifts": {"blur": 0.5}})
-    finish_job(dashboard_env, b, test_acc=0.8, result={"shifts": {"blur": 0.6}})
-    finish_job(dashboard_env, c, status="failed", error="boom")
+    engine.finish(dashboard_env, a)
+    engine.finish(dashboard_env, b)
+    fail_job(dashboard_env, c, "boom")
     at = page("soups").run()
     assert_clean(at, dashboard_env)
-    family = next(o for o in at.selectbox(key="soup-family").options if "fashion_mnist_b" in o)
+    family = next(o for o in at.selectbox(key="soup-family").options if f"{MODEL} / digits" in o)
     at.selectbox(key="soup-family").select(family).run()
     options = at.multiselect(key="soup-ingredients").options
-    assert len(options) == 2  # the failed job c is not offered
     assert any(o.startswith(f"#{a} ") for o in options)
     assert any(o.startswith(f"#{b} ") for o in options)
+    assert not any(o.startswith(f"#{c} ") for o in options)  # the failed job is not offered
     blocked = frame(at, "soup-blocked")
     why = dict(zip(blocked["job"], blocked["why"], strict=True))
     assert "only succeeded jobs" in why[c]
     assert at.button(key="submit-soup").disabled  # fewer than two ingredients
+    methods = [m["name"] for m in api(dashboard_env, "/catalog/soups")]
+    assert at.radio(key="soup-method").options == methods
     at.multiselect(key="soup-ingredients").set_value([a, b])
     at.radio(key="soup-method").set_value("greedy")
     at.multiselect(key="soup-shifts").set_value(["blur"]).run()
     at.button(key="submit-soup").click().run()
     assert_clean(at, dashboard_env)
-    with dashboard_env.client() as client:
-        soup_job = client.get("/jobs", params={"kind": "soup", "limit": 1}).json()["items"][0]
+    soup_job = api(dashboard_env, "/jobs", kind="soup", limit=1)["items"][0]
     assert soup_job["config"]["ingredients"] == [a, b]
     assert soup_job["config"]["method"] == "greedy"
     assert any("results appear when it succeeds" in i.value for i in at.info)
 
-    trace = [
-        {"order": 0, "job_id": b, "candidate_score": 0.79, "accepted": True},
-        {"order": 1, "job_id": a, "candidate_score": 0.78, "accepted": False},
-    ]
-    finish_soup(
-        dashboard_env, soup_job["id"], trace=trace, score_in=0.81, scores_out={"blur": 0.65}
-    )
+    engine.finish(dashboard_env, soup_job["id"])
+    with dashboard_env.client() as client:
+        r = client.post(
+            "/soups", json={"ingredients": [a, b], "method": "uniform", "shifts": ["blur"]}
+        )
+    assert r.status_code == 201, r.text
+    uniform = r.json()["id"]
+    engine.finish(dashboard_env, uniform)
     st.cache_data.clear()  # the page caches job lists for a refresh period
     at = page("soups").run()
     at.selectbox(key="soup-select").set_value(soup_job["id"]).run()
     assert_clean(at, dashboard_env)
+    soup = api(dashboard_env, f"/soups/{soup_job['id']}")
     accepted, rejected, _ = figure(at, "soup-trace")["data"]
-    assert accepted["text"] == [f"job {b}"] and rejected["text"] == [f"job {a}"]
+    assert accepted["text"] == [f"job {t['job_id']}" for t in soup["trace"] if t["accepted"]]
+    assert rejected["text"] == [f"job {t['job_id']}" for t in soup["trace"] if not t["accepted"]]
     bars = {
         t["name"]: dict(zip(t["x"], t["y"], strict=True))
         for t in figure(at, "soup-comparison")["data"]
     }
-    assert bars["greedy soup"] == {"in-distribution": 0.81, "blur": 0.65}
-    assert bars[f"best ingredient (#{b})"] == {"in-distribution": 0.8, "blur": 0.6}
+    assert bars["greedy soup"] == {"in-distribution": soup["score_in"], **soup["scores_out"]}
+    assert set(soup["scores_out"]) == {"blur"}
+    results = {i: job(dashboard_env, i)["result"] for i in (a, b)}
+    best = max(results, key=lambda i: results[i]["heldout_acc"])
+    assert bars[f"best ingredient (#{best})"] == {
+        "in-distribution": results[best]["test_acc"],
+        "blur": results[best]["shifts"]["blur"]["acc"],
+    }
+    other = api(dashboard_env, f"/soups/{uniform}")
+    assert bars[f"uniform soup (#{uniform})"] == {
+        "in-distribution": other["score_in"],
+        **other["scores_out"],
+    }
 
 
 def test_jobs_page_follows_progress_of_running_jobs(dashboard_env: Backend):
-    from backend import crud
-    from backend.db.session import session_scope
-
     created = submit_experiment(dashboard_env, [{"name": "ffn_last_half"}])
     job_id = created["jobs"][0]["id"]
-    with session_scope(dashboard_env.db_url) as s:
-        assert crud.claim_job(s, job_id=job_id, worker="dashboard-test")
-        crud.heartbeat(
-            s,
-            job_id=job_id,
-            worker="dashboard-test",
-            progress=0.4,
-            info={"epoch": 1, "images_per_sec": 1234.0},
-        )
+    token = claim(dashboard_env, job_id)["claim"]
+    heartbeat(dashboard_env, job_id, token, 0.4, epoch=1, images_per_sec=1234.0)
     at = page("jobs").run()
     at.selectbox(key="jobs-experiment").set_value(created["experiment"]["id"]).run()
     assert_clean(at, dashboard_env)
@@ -334,14 +447,7 @@ def test_jobs_page_follows_progress_of_running_jobs(dashboard_env: Backend):
     assert any("refreshing every" in c.value for c in at.caption)
     at.selectbox(key="job-select").set_value(job_id).run()
     assert not at.button(key="cancel-job").disabled
-    with session_scope(dashboard_env.db_url) as s:
-        crud.heartbeat(
-            s,
-            job_id=job_id,
-            worker="dashboard-test",
-            progress=0.7,
-            info={"epoch": 2, "images_per_sec": 1500.0},
-        )
+    heartbeat(dashboard_env, job_id, token, 0.7, epoch=2, images_per_sec=1500.0)
     st.cache_data.clear()  # instead of waiting out the one-second cache
     at.run()
     assert list(frame(at, "jobs-table")["progress"]) == [0.7]

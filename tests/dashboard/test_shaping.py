@@ -1,75 +1,139 @@
-"""Backend answers -> figure data: angles in every shape the API may use, summaries, soups."""
+"""API answers (`contract.api` models) -> figure data: angles, summaries, curves, soups."""
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
 
-from dashboard.shaping import metrics_table, normalize_angles, summary_points
+from contract.api import (
+    AnglesPublic,
+    JobPublic,
+    MetricPublic,
+    SoupPublic,
+    StrategySummary,
+)
+from dashboard.shaping import degrees, metrics_table, summary_points, trajectory
 from dashboard.soup_view import (
     comparison_scores,
     family,
     family_label,
     incompatibility,
+    same_recipe,
     trace_points,
 )
 
 
-def test_angles_from_rows_split_final_and_epochs():
-    rows = [
-        {"epoch": 1, "scope": "unit", "name": "ATTN.0", "angle_deg": 1.0},
-        {"epoch": 2, "scope": "unit", "name": "ATTN.0", "angle_deg": 2.0},
-        {"epoch": 2, "scope": "tensor", "name": "blocks.0.attn.qkv.weight", "angle_deg": 9.0},
-        {"epoch": -1, "scope": "unit", "name": "ATTN.0", "angle_deg": 2.5},
-        {"epoch": -1, "scope": "tensor", "name": "blocks.0.attn.qkv.weight", "angle_deg": 3.0},
-    ]
-    for body in (rows, {"items": rows}):
-        a = normalize_angles(body)
-        assert a.units == {"ATTN.0": 2.5}
-        assert a.tensors == {"blocks.0.attn.qkv.weight": 3.0}
-        assert a.epochs == {1: {"ATTN.0": 1.0}, 2: {"ATTN.0": 2.0}}
+def _row(name: str, deg: float, scope: str = "unit") -> dict:
+    return {"scope": scope, "name": name, "angle_deg": deg}
 
 
-def test_angles_from_report_records_and_maps():
-    report = {
-        "units": [{"name": "FFN.1", "angle_deg": 4.0, "rel_change": 0.1}],
-        "tensors": [{"name": "blocks.1.mlp.fc1.weight", "angle_deg": 5.0}],
-        "epochs": {"1": {"units": {"FFN.1": 2.0}}, "2": {"FFN.1": 3.0}},
-    }
-    a = normalize_angles(report)
-    assert a.units == {"FFN.1": 4.0}
-    assert a.tensors == {"blocks.1.mlp.fc1.weight": 5.0}
-    assert a.epochs == {1: {"FFN.1": 2.0}, 2: {"FFN.1": 3.0}}
-    assert normalize_angles({"final": {"units": {"ATTN.0": 1}}}).units == {"ATTN.0": 1.0}
-    assert normalize_angles({}).empty and normalize_angles(None).empty
+def test_angles_final_and_per_epoch():
+    body = AnglesPublic.model_validate(
+        {
+            "job_id": 1,
+            "final": {
+                "units": [_row("ATTN.0", 2.5)],
+                "tensors": [_row("blocks.0.attn.qkv.weight", 3.0, "tensor")],
+            },
+            "epochs": [
+                {"epoch": 2, "units": [_row("ATTN.0", 2.0)]},
+                {"epoch": 1, "units": [_row("ATTN.0", 1.0)]},
+            ],
+        }
+    )
+    assert degrees(body.final.units) == {"ATTN.0": 2.5}
+    assert degrees(body.final.tensors) == {"blocks.0.attn.qkv.weight": 3.0}
+    assert trajectory(body) == {1: {"ATTN.0": 1.0}, 2: {"ATTN.0": 2.0}}
+    assert list(trajectory(body)) == [1, 2]
+
+
+def _summary(label: str, tuned: int | None, acc: float | None, std: float | None = None):
+    return StrategySummary(
+        label=label,
+        strategy=label,
+        params={},
+        jobs=1,
+        succeeded=1,
+        test_acc_mean=acc,
+        test_acc_std=std,
+        heldout_acc_mean=None,
+        shift_acc_mean={},
+        tuned_params=tuned,
+        tuned_fraction=None,
+    )
 
 
 def test_summary_points_skip_rows_without_accuracy():
     rows = [
-        {"strategy": "full", "tuned_params": 100, "test_acc_mean": 0.9, "test_acc_std": 0.01},
-        {"strategy": "attn_only", "tuned_params": 40, "test_acc_mean": None},
-        {"strategy": "probe", "tuned_params": None, "test_acc_mean": 0.5},
+        _summary("full", 100, 0.9, 0.01),
+        _summary("attn_only", 40, None),
+        _summary("probe", None, 0.5),
     ]
     assert summary_points(rows) == [
         {"strategy": "full", "tuned_params": 100, "accuracy": 0.9, "spread": 0.01}
     ]
 
 
-def test_metrics_table_sorts_epochs():
-    rows = metrics_table([{"epoch": 2, "test_acc": 0.2, "id": 9}, {"epoch": 1, "test_acc": 0.1}])
+def _metric(epoch: int, acc: float) -> MetricPublic:
+    return MetricPublic(
+        epoch=epoch,
+        train_loss=1.0,
+        heldout_acc=None,
+        heldout_loss=None,
+        test_acc=acc,
+        test_loss=None,
+        images_per_sec=None,
+        extra={"x": 1},
+    )
+
+
+def test_metrics_table_sorts_epochs_and_keeps_the_curve_columns():
+    rows = metrics_table([_metric(2, 0.2), _metric(1, 0.1)])
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert "id" not in rows[0]
+    assert set(rows[0]) == {"epoch", "train_loss", "heldout_acc", "test_acc", "images_per_sec"}
 
 
-def _job(i, **kw):
-    return {
+def _job(i: int, **kw) -> JobPublic:
+    fields = {
         "id": i,
         "kind": "finetune",
         "status": "succeeded",
+        "experiment_id": None,
         "model": "m",
         "dataset": "d",
+        "strategy": "full",
+        "seed": 0,
         "config": {"model_overrides": {}, "pretrained": True},
-        **kw,
+        "tuned_params": None,
+        "total_params": None,
+        "progress": 1.0,
+        "progress_info": {},
+        "result": None,
+        "error": None,
+        "worker": None,
+        "attempts": 1,
+        "cancel_requested": False,
+        "created_at": datetime.now(UTC),
+        "started_at": None,
+        "heartbeat_at": None,
+        "finished_at": None,
     }
+    return JobPublic.model_validate(fields | kw)
+
+
+def _soup(i: int, method: str, **kw) -> SoupPublic:
+    fields = {
+        "id": i,
+        "job_id": i,
+        "status": "succeeded",
+        "method": method,
+        "ingredients": [1, 2],
+        "shifts": [],
+        "trace": [],
+        "score_in": None,
+        "scores_out": {},
+        "error": None,
+    }
+    return SoupPublic.model_validate(fields | kw)
 
 
 def test_incompatibility_names_the_rule_each_job_breaks():
@@ -78,7 +142,9 @@ def test_incompatibility_names_the_rule_each_job_breaks():
     assert "only succeeded" in incompatibility(_job(3, status="failed"), fam)
     assert "model x differs" in incompatibility(_job(4, model="x"), fam)
     assert "dataset y differs" in incompatibility(_job(5, dataset="y"), fam)
-    assert "only fine-tuning" in incompatibility(_job(6, kind="soup"), fam)
+    assert "only fine-tuning" in incompatibility(
+        _job(6, kind="soup", config={"model_overrides": {}, "pretrained": True}), fam
+    )
     other_base = _job(7, config={"model_overrides": {"depth": 2}, "pretrained": False})
     assert "overrides" in incompatibility(other_base, fam)
     assert family_label(fam) == "m / d"
@@ -86,40 +152,42 @@ def test_incompatibility_names_the_rule_each_job_breaks():
 
 
 def test_trace_points_follow_the_order_tried():
-    soup = {
-        "trace": [
-            {"order": 1, "job_id": 4, "candidate_score": 0.7, "accepted": False},
-            {"order": 0, "job_id": 3, "candidate_score": 0.8, "accepted": True},
-        ]
-    }
+    soup = _soup(
+        9,
+        "a",
+        trace=[
+            {"order": 1, "ingredient": 1, "job_id": 4, "candidate_score": 0.7, "accepted": False},
+            {"order": 0, "ingredient": 0, "job_id": 3, "candidate_score": 0.8, "accepted": True},
+        ],
+    )
     assert trace_points(soup) == [
         {"step": 0, "ingredient": 3, "score": 0.8, "accepted": True},
         {"step": 1, "ingredient": 4, "score": 0.7, "accepted": False},
     ]
 
 
-def test_comparison_uses_the_best_held_out_ingredient_and_the_uniform_soup():
-    soup = {"method": "greedy", "score_in": 0.9, "scores_out": {"noise": 0.6}}
+def test_comparison_uses_the_best_held_out_ingredient_and_the_other_soups():
+    soup = _soup(9, "a", score_in=0.9, scores_out={"noise": 0.6})
     ingredients = [
-        _job(1, result={"heldout_acc": 0.8, "test_acc": 0.85, "shifts": {"noise": 0.5}}),
-        _job(2, result={"heldout_acc": 0.7, "test_acc": 0.95}),
+        _job(1, result={"heldout_acc": 0.8, "test_acc": 0.85, "shifts": {"noise": {"acc": 0.5}}}),
+        _job(2, result={"heldout_acc": 0.7, "test_acc": 0.95, "shifts": {}}),
     ]
-    uniform = {"method": "uniform", "score_in": 0.88, "scores_out": {"noise": 0.55}}
-    scores = comparison_scores(soup, ingredients, uniform)
+    other = _soup(10, "b", score_in=0.88, scores_out={"noise": 0.55})
+    scores = comparison_scores(soup, ingredients, [other])
     assert scores == {
-        "greedy soup": {"in-distribution": 0.9, "noise": 0.6},
+        "a soup": {"in-distribution": 0.9, "noise": 0.6},
         "best ingredient (#1)": {"in-distribution": 0.85, "noise": 0.5},
-        "uniform soup": {"in-distribution": 0.88, "noise": 0.55},
+        "b soup (#10)": {"in-distribution": 0.88, "noise": 0.55},
     }
-    assert list(comparison_scores(soup, [])) == ["greedy soup"]
+    assert list(comparison_scores(soup, [])) == ["a soup"]
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        [{"name": "x", "scope": "unit"}, {"name": "y", "angle_deg": 1.0}],
-        {"units": [{"name": "x"}, {"name": "y", "angle_deg": 1.0}]},
-    ],
-)
-def test_angles_without_degrees_are_dropped(body):
-    assert normalize_angles(body).units == {"y": 1.0}
+def test_same_recipe_keeps_other_succeeded_soups_of_the_same_ingredients():
+    soup = _soup(9, "a")
+    others = [
+        soup,
+        _soup(10, "b", ingredients=[2, 1]),
+        _soup(11, "b", ingredients=[1, 3]),
+        _soup(12, "b", status="failed"),
+    ]
+    assert [o.id for o in same_recipe(soup, others)] == [10]
