@@ -2,33 +2,40 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# One stamp per installed extra: `make up` needs only `lab`, `make test` needs `dev` (which
+# contains `lab`, so its stamp counts for both). Either is redone when pyproject.toml changes.
+STAMP_LAB := $(VENV)/.installed-lab
+STAMP_DEV := $(VENV)/.installed-dev
 
 .PHONY: setup up test test-fast lint format clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e '.[$*]'
+	touch $@
+	$(if $(filter dev,$*),touch $(STAMP_LAB))
 
-setup: $(STAMP)
+.PRECIOUS: $(VENV)/.installed-%
 
-up: $(STAMP)
+setup: $(STAMP_DEV)
+
+up: $(STAMP_LAB)
 	@bash scripts/install-system-packages.sh --optional || true
 	$(VENV)/bin/pft up
 
-test: $(STAMP)
-	$(PY) -m pytest -x -q $(PYTEST_ARGS)
+# No -x: one failure must not hide the rest of the suite.
+test: $(STAMP_DEV)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP_DEV)
 	$(PY) -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(STAMP)
+format: $(STAMP_DEV)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

@@ -238,6 +238,9 @@ class SelectionPublic(BaseModel):
     tuned_params: int
     tuned_fraction: float
     units: list[str]
+    # True when the units depend on a value the lab fills in at launch (a reference job's
+    # angles) that the preview was not given: the counts are exact, the unit names a placeholder.
+    provisional: bool = False
 
 
 class UnitsPreview(BaseModel):

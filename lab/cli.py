@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import typer
 
+from contract.vocab import DEFAULT_API_PORT, DEFAULT_HOST
 from pft.cli import app
 
 
 @app.command()
 def api(
-    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
-    port: int = typer.Option(None, help="port (default: PFT_API_PORT or 8000)"),
+    host: str = typer.Option(DEFAULT_HOST, help="interface to listen on"),
+    port: int = typer.Option(None, help=f"port (default: PFT_API_PORT or {DEFAULT_API_PORT})"),
 ) -> None:
     """Run the HTTP API (uvicorn)."""
     from backend.main import serve
@@ -26,7 +27,7 @@ def worker(
     concurrency: int = typer.Option(1, help="worker processes (one per device)"),
 ) -> None:
     """Run a Celery worker that executes queued jobs."""
-    from worker.runner import run_worker
+    from worker.launch import run_worker
 
     run_worker(concurrency=concurrency)
 

@@ -13,11 +13,11 @@ without cleaning up (SIGKILL, power loss) leaves stale pid files; the next start
 it stops the processes those files still name (after checking each is the same process, by its
 start time) and starts afresh.
 
-Environment: ``PFT_DATA_DIR`` (default ``./data``), ``PFT_API_PORT`` (8000),
-``PFT_DASHBOARD_PORT`` (8501), ``PFT_REDIS_PORT`` (default: a free loopback port),
-``PFT_LAB_HOST`` (127.0.0.1), ``PFT_AUTO_PRETRAIN`` (1; 0 skips queueing the backbone's
-pre-training),
-``PFT_STOP_GRACE_S`` (20), ``PFT_START_TIMEOUT_S`` (120).
+Settings: `lab.config.LauncherSettings` (``PFT_DATA_DIR``, ``PFT_API_PORT``,
+``PFT_DASHBOARD_PORT``, ``PFT_REDIS_PORT``, ``PFT_LAB_HOST``, ``PFT_AUTO_PRETRAIN``,
+``PFT_STOP_GRACE_S``, ``PFT_START_TIMEOUT_S``). The worker reaches the lab through the API only:
+it gets the API's URL and the worker token (``PFT_API_URL``, ``PFT_WORKER_TOKEN``), never the
+database URL; both tokens exist before any service starts.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import signal
 import subprocess
@@ -38,6 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from contract.api import JobsPage
+from contract.layout import DataLayout
+from contract.vocab import API_PREFIX, JobKind, JobStatus
+from lab.config import LauncherSettings, SettingsError, load_settings
 from lab.processes import (
     http_ok,
     pid_file_is_live,
@@ -48,9 +51,8 @@ from lab.processes import (
 )
 from lab.redis_server import RedisProcess, RedisStartError, start_redis
 from pft.model_catalog import BUILTIN_BACKBONE
-from pft.paths import data_dir as default_data_dir
 
-API_HEALTH_PATH = "/api/v1/health"
+API_HEALTH_PATH = f"{API_PREFIX}/health"
 DASHBOARD_HEALTH_PATH = "/_stcore/health"
 MAX_RESTARTS = 5  # a service that exits this often within RESTART_WINDOW_S stops the lab
 RESTART_WINDOW_S = 300.0
@@ -62,80 +64,6 @@ class LaunchError(RuntimeError):
 
 class StopRequested(Exception):
     """Ctrl-C, SIGTERM or SIGHUP arrived: unwind and stop the lab."""
-
-
-@dataclass(frozen=True)
-class LabConfig:
-    data_dir: Path
-    host: str = "127.0.0.1"
-    api_port: int = 8000
-    dashboard_port: int = 8501
-    redis_port: int | None = None  # None: a free port (a system Redis often holds 6379)
-    auto_pretrain: bool = True
-    stop_grace_s: float = 20.0  # a worker gets this long to checkpoint before SIGKILL
-    start_timeout_s: float = 120.0  # per service health wait
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> LabConfig:
-        env = dict(os.environ if env is None else env)
-
-        def num(name: str, default: float | None, kind: type = int) -> Any:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise LaunchError(f"{name}={raw!r} is not a number") from None
-            if kind is int and not 1 <= value <= 65535 and name.endswith("_PORT"):
-                raise LaunchError(f"{name}={raw!r} is not a port; use 1-65535")
-            if not math.isfinite(value) or value < 0:
-                raise LaunchError(f"{name}={raw!r} must be a finite, non-negative number")
-            return value
-
-        folder = env.get("PFT_DATA_DIR")
-        return cls(
-            data_dir=Path(folder).expanduser().resolve() if folder else default_data_dir(),
-            host=env.get("PFT_LAB_HOST", "127.0.0.1") or "127.0.0.1",
-            api_port=num("PFT_API_PORT", 8000),
-            dashboard_port=num("PFT_DASHBOARD_PORT", 8501),
-            redis_port=num("PFT_REDIS_PORT", None),
-            auto_pretrain=env.get("PFT_AUTO_PRETRAIN", "1").strip().lower()
-            not in {"0", "false", "no", "off"},
-            stop_grace_s=num("PFT_STOP_GRACE_S", 20.0, float),
-            start_timeout_s=num("PFT_START_TIMEOUT_S", 120.0, float),
-        )
-
-    @property
-    def run_dir(self) -> Path:
-        return self.data_dir / "run"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.data_dir / "logs"
-
-    @property
-    def token_file(self) -> Path:
-        return self.data_dir / "api_token"
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.api_port}"
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.dashboard_port}"
-
-    @property
-    def backbone_file(self) -> Path:
-        # The layout of pft.model_factory.builtin_weights_path, which imports torch (too slow
-        # to load here) and reads the data folder from the environment rather than this config.
-        return self.data_dir / "models" / BUILTIN_BACKBONE / "model.safetensors"
-
-
-def _url_host(host: str) -> str:
-    # A lab listening on every interface is still reached locally through loopback.
-    return "127.0.0.1" if host in {"0.0.0.0", ""} else host
 
 
 # --- the lab --------------------------------------------------------------------------------
@@ -155,7 +83,7 @@ class _Child:
 class Lab:
     """The processes of one running lab; ``start()`` then ``stop()`` (idempotent)."""
 
-    config: LabConfig
+    config: LauncherSettings
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     children: list[_Child] = field(default_factory=list)
     redis: RedisProcess | None = None
@@ -163,14 +91,17 @@ class Lab:
     stop_signal: int | None = None  # set by the signal handler of `up`
     _lock: IO[str] | None = None
 
+    @property
+    def layout(self) -> DataLayout:
+        return self.config.layout
+
     # -- public --
 
     def acquire(self) -> bool:
         """Takes the lab lock; False when another launcher holds it (the lab is up)."""
-        cfg = self.config
-        for folder in (cfg.data_dir, cfg.run_dir, cfg.logs_dir):
+        for folder in (self.layout.root, self.layout.run, self.layout.logs):
             folder.mkdir(parents=True, exist_ok=True)
-        lock = open(cfg.run_dir / "lab.lock", "a+")  # noqa: SIM115 (held for the lab's life)
+        lock = open(self.layout.run / "lab.lock", "a+")  # noqa: SIM115 (held for the lab's life)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -180,41 +111,39 @@ class Lab:
         return True
 
     def start(self) -> None:
-        cfg = self.config
+        cfg, layout = self.config, self.layout
         self._take_over_stale()
         self._check_ports()
         write_pid_file(
-            cfg.run_dir / "lab.pid",
+            layout.run / "lab.pid",
             os.getpid(),
             dashboard_url=cfg.dashboard_url,
-            api_url=cfg.api_url,
-            token_file=str(cfg.token_file),
+            api_url=cfg.lab_api_url,
+            token_file=str(layout.api_token),
         )
-        from backend.core.config import Settings
-        from backend.core.security import resolve_token
-
-        self.redis = start_redis(cfg.data_dir, cfg.redis_port)
+        self.redis = start_redis(layout.root, cfg.redis_port)
         self._say(f"Redis is up on port {self.redis.port}")
-        write_pid_file(cfg.run_dir / "redis.pid", self.redis.pid)
+        write_pid_file(layout.run / "redis.pid", self.redis.pid)
 
         env = self._child_env()
-        settings = Settings(data_dir=cfg.data_dir, database_url=env.get("PFT_DATABASE_URL"))
-        # The token exists before any child starts, so the dashboard always finds it.
-        self.token = resolve_token(settings)
+        # Both tokens exist before any child starts: the dashboard always finds the users'
+        # token, and the worker is handed its own (the API reads the same file).
+        self.token, worker_token = _tokens(layout, env.get("PFT_DATABASE_URL"))
 
         pft = _pft_command()
+        host, port = cfg.lab_host, str(cfg.api_port)
         self._check_stop()
-        self._spawn("api", [*pft, "api", "--host", cfg.host, "--port", str(cfg.api_port)], env)
-        self._wait_http("api", cfg.api_url + API_HEALTH_PATH)
-        self._spawn("worker", [*pft, "worker"], env)
-        self._spawn("dashboard", _dashboard_command(cfg), env)
+        self._spawn("api", [*pft, "api", "--host", host, "--port", port], env)
+        self._wait_http("api", cfg.lab_api_url + API_HEALTH_PATH)
+        self._spawn("worker", [*pft, "worker"], _worker_env(env, worker_token))
+        self._spawn("dashboard", _dashboard_command(cfg), _dashboard_env(env))
         self._wait_http("dashboard", cfg.dashboard_url + DASHBOARD_HEALTH_PATH)
         self._check_running("worker")
         self._say(
             f"pft-lab is up.\n"
             f"  dashboard:  {cfg.dashboard_url}\n"
-            f"  API:        {cfg.api_url}  (token in {cfg.token_file})\n"
-            f"  logs:       {cfg.logs_dir}\n"
+            f"  API:        {cfg.lab_api_url}  (token in {layout.api_token})\n"
+            f"  logs:       {layout.logs}\n"
             f"Press Ctrl-C to stop."
         )
         if cfg.auto_pretrain:
@@ -240,13 +169,13 @@ class Lab:
             stop_group(child.proc.pid, child.proc.pid, grace)  # a session leader: pgid == pid
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(timeout=1)
-            (self.config.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
+            (self.layout.run / f"{child.name}.pid").unlink(missing_ok=True)
         self.children.clear()
         if self.redis is not None:
             self.redis.stop(timeout=grace)
             self.redis = None
-        (self.config.run_dir / "redis.pid").unlink(missing_ok=True)
-        (self.config.run_dir / "lab.pid").unlink(missing_ok=True)
+        (self.layout.run / "redis.pid").unlink(missing_ok=True)
+        (self.layout.run / "lab.pid").unlink(missing_ok=True)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -271,7 +200,7 @@ class Lab:
 
     def _take_over_stale(self) -> None:
         """Stops processes named by pid files a dead launcher left behind."""
-        for path in sorted(self.config.run_dir.glob("*.pid")):
+        for path in sorted(self.layout.run.glob("*.pid")):
             record = read_pid_file(path)
             if record and path.stem != "lab" and pid_file_is_live(record):
                 self._say(f"stopping {path.stem} (pid {record['pid']}) left by a previous run")
@@ -285,20 +214,21 @@ class Lab:
             ("PFT_API_PORT", cfg.api_port),
             ("PFT_DASHBOARD_PORT", cfg.dashboard_port),
         ):
-            if port is not None and not port_free(cfg.host, port):
+            if port is not None and not port_free(cfg.lab_host, port):
                 raise LaunchError(
-                    f"port {port} ({var}) on {cfg.host} is in use by another program; "
+                    f"port {port} ({var}) on {cfg.lab_host} is in use by another program; "
                     f"set {var} to a free port"
                 )
 
     def _child_env(self) -> dict[str, str]:
+        """What every service shares; `_api_env` & co. add and remove per service."""
         cfg = self.config
         env = dict(os.environ)
         env.update(
-            PFT_DATA_DIR=str(cfg.data_dir),
+            PFT_DATA_DIR=str(self.layout.root),
             PFT_BROKER_URL=self.redis.url,
-            PFT_DATABASE_URL=env.get("PFT_DATABASE_URL") or f"sqlite:///{cfg.data_dir / 'lab.db'}",
-            PFT_API_URL=cfg.api_url,
+            PFT_DATABASE_URL=env.get("PFT_DATABASE_URL") or self.layout.sqlite_url,
+            PFT_API_URL=cfg.lab_api_url,
             PFT_API_PORT=str(cfg.api_port),
             PFT_DASHBOARD_PORT=str(cfg.dashboard_port),
             PYTHONUNBUFFERED="1",
@@ -306,7 +236,7 @@ class Lab:
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> _Child:
-        log = self.config.logs_dir / f"{name}.log"
+        log = self.layout.logs / f"{name}.log"
         with open(log, "ab") as fh:
             fh.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
             fh.flush()
@@ -316,12 +246,12 @@ class Lab:
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                cwd=self.config.data_dir,
+                cwd=self.layout.root,
                 start_new_session=True,  # its own process group: stopped as one
             )
         child = _Child(name, proc, log, argv, env)
         self.children.append(child)
-        write_pid_file(self.config.run_dir / f"{name}.pid", proc.pid, argv=argv)
+        write_pid_file(self.layout.run / f"{name}.pid", proc.pid, argv=argv)
         return child
 
     def _check_stop(self) -> None:
@@ -353,17 +283,18 @@ class Lab:
         )
 
     def _queue_pretrain(self) -> None:
-        cfg = self.config
-        if cfg.backbone_file.exists():
+        """Submits the backbone's pre-training through the API, as any client would."""
+        if self.layout.model_weights(BUILTIN_BACKBONE).exists():
             return
+        base, jobs_path = self.config.lab_api_url, f"{API_PREFIX}/jobs"
         try:
-            jobs = _api(cfg.api_url, self.token, "GET", "/api/v1/jobs?kind=pretrain")
-            items = jobs.get("items", jobs) if isinstance(jobs, dict) else jobs
-            if any(j.get("status") in {"queued", "running"} for j in items or []):
+            page = _api(base, self.token, "GET", f"{jobs_path}?kind={JobKind.PRETRAIN}")
+            pending = {JobStatus.QUEUED, JobStatus.RUNNING}
+            if any(j.status in pending for j in JobsPage.model_validate(page).items):
                 self._say(f"pre-training of {BUILTIN_BACKBONE} is already queued")
                 return
-            job = _api(cfg.api_url, self.token, "POST", "/api/v1/jobs", {"kind": "pretrain"})
-        except LaunchError as exc:
+            job = _api(base, self.token, "POST", jobs_path, {"kind": JobKind.PRETRAIN})
+        except (LaunchError, ValueError) as exc:
             self._say(f"could not queue the pre-training of {BUILTIN_BACKBONE}: {exc}")
             return
         self._say(
@@ -393,6 +324,28 @@ def _api(base: str, token: str, method: str, path: str, body: Any = None) -> Any
         raise LaunchError(f"{method} {path} failed: {exc}") from None
 
 
+def _tokens(layout: DataLayout, database_url: str | None) -> tuple[str, str]:
+    """The users' and the workers' tokens: from their variables, else their files in the data
+    folder, generated there (0600) when absent, exactly as the API will read them."""
+    from backend.core.config import ApiSettings
+    from backend.core.security import api_token, worker_token
+
+    settings = ApiSettings(data_dir=layout.root, database_url=database_url)
+    return api_token(settings), worker_token(settings)
+
+
+def _worker_env(env: dict[str, str], worker_token: str) -> dict[str, str]:
+    """A worker holds the API's URL and its own credential, never the database URL nor the
+    users' token: it reports everything through the worker routes."""
+    out = {k: v for k, v in env.items() if k not in {"PFT_DATABASE_URL", "PFT_API_TOKEN"}}
+    out["PFT_WORKER_TOKEN"] = worker_token
+    return out
+
+
+def _dashboard_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in {"PFT_DATABASE_URL", "PFT_WORKER_TOKEN"}}
+
+
 def _pft_command() -> list[str]:
     """The `pft` console script of this interpreter, or an equivalent `python -c`."""
     script = Path(sys.executable).with_name("pft")
@@ -401,7 +354,7 @@ def _pft_command() -> list[str]:
     return [sys.executable, "-c", "from lab.cli import main; main()"]
 
 
-def _dashboard_command(cfg: LabConfig) -> list[str]:
+def _dashboard_command(cfg: LauncherSettings) -> list[str]:
     import dashboard
 
     # __path__, not __file__: an editable install may present the package as a namespace one.
@@ -415,7 +368,7 @@ def _dashboard_command(cfg: LabConfig) -> list[str]:
         "--server.port",
         str(cfg.dashboard_port),
         "--server.address",
-        cfg.host,
+        cfg.lab_host,
         "--server.headless",
         "true",
         "--browser.gatherUsageStats",
@@ -456,20 +409,20 @@ def _stop_on_signals(lab: Lab) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def up(config: LabConfig | None = None) -> None:
+def up(config: LauncherSettings | None = None) -> None:
     """Starts the lab and blocks until Ctrl-C/SIGTERM; exits non-zero if it cannot start."""
     try:
-        config = config or LabConfig.from_env()
-    except LaunchError as exc:
+        config = config or load_settings()
+    except SettingsError as exc:
         print(f"pft up: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     lab = Lab(config)
     if not lab.acquire():
-        record = read_pid_file(config.run_dir / "lab.pid") or {}
+        record = read_pid_file(config.layout.run / "lab.pid") or {}
         print(
             f"pft-lab is already up at {record.get('dashboard_url', config.dashboard_url)} "
             f"(launcher pid {record.get('pid', '?')}; token in "
-            f"{record.get('token_file', config.token_file)})"
+            f"{record.get('token_file', config.layout.api_token)})"
         )
         return
     code = 0
@@ -489,4 +442,4 @@ def up(config: LabConfig | None = None) -> None:
         raise SystemExit(code)
 
 
-__all__ = ["Lab", "LabConfig", "LaunchError", "StopRequested", "up"]
+__all__ = ["Lab", "LaunchError", "StopRequested", "up"]

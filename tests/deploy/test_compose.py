@@ -124,13 +124,13 @@ def test_dependencies_wait_for_health(base: dict[str, Any]) -> None:
             assert dep in services, f"{name} depends on unknown service {dep}"
             assert spec.get("condition") == "service_healthy", f"{name} -> {dep}"
     assert {"redis", "postgres"} <= set(services["api"]["depends_on"])
-    assert {"redis", "postgres"} <= set(services["worker"]["depends_on"])
+    assert set(services["worker"]["depends_on"]) == {"redis", "api"}
     assert "api" in services["dashboard"]["depends_on"]
 
 
 def test_secrets_are_required_not_defaulted() -> None:
     text = BASE.read_text()
-    for var in ("PFT_API_TOKEN", "POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+    for var in ("PFT_API_TOKEN", "PFT_WORKER_TOKEN", "POSTGRES_PASSWORD", "REDIS_PASSWORD"):
         uses = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
         assert uses, f"{var} is not used"
         assert all(u.startswith(":?") for u in uses), f"{var} must be ${{{var}:?...}}: {uses}"
@@ -142,6 +142,31 @@ def test_only_the_api_and_dashboard_hold_the_api_token(base: dict[str, Any]) -> 
         n for n, s in base["services"].items() if "PFT_API_TOKEN" in s.get("environment", {})
     }
     assert holders == {"api", "dashboard"}
+
+
+def test_only_the_api_and_the_workers_hold_the_worker_token(base: dict[str, Any]) -> None:
+    holders = {
+        n for n, s in base["services"].items() if "PFT_WORKER_TOKEN" in s.get("environment", {})
+    }
+    assert holders == {"api", "worker"}
+
+
+def test_the_worker_reaches_the_lab_through_the_api_only(
+    base: dict[str, Any], gpu: dict[str, Any]
+) -> None:
+    # The API is the database's only writer: a worker (on a GPU host, say) holds the API's URL
+    # and its own token, never the database's address or password.
+    for doc in (base, gpu):
+        worker = doc["services"]["worker"]
+        env = worker.get("environment", {})
+        assert "PFT_DATABASE_URL" not in env
+        text = yaml.safe_dump(worker)
+        assert "POSTGRES_PASSWORD" not in text and "postgres" not in text
+    env = base["services"]["worker"]["environment"]
+    assert env["PFT_API_URL"] == "http://api:8000"
+    assert env["PFT_WORKER_TOKEN"].startswith("${PFT_WORKER_TOKEN:?")
+    api = base["services"]["api"]["environment"]
+    assert api["PFT_WORKER_TOKEN"] == env["PFT_WORKER_TOKEN"], "the API must check the same token"
 
 
 def test_gpu_devices_only_in_the_overlay_and_only_for_the_worker(
@@ -168,10 +193,12 @@ def test_workers_and_api_share_the_artifact_store(base: dict[str, Any]) -> None:
         return mounts["/data"]
 
     assert data_volume("api") == data_volume("worker") in base["volumes"]
+    assert services["worker"]["environment"]["PFT_ARTIFACT_URL"].startswith(
+        "${PFT_ARTIFACT_URL:-/data/"
+    )
+    assert services["api"]["environment"]["PFT_DATABASE_URL"].startswith("postgresql+psycopg://")
     for name in ("api", "worker"):
         env = services[name]["environment"]
-        assert env["PFT_ARTIFACT_URL"].startswith("${PFT_ARTIFACT_URL:-/data/")
-        assert env["PFT_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["PFT_BROKER_URL"] == "redis://:${REDIS_PASSWORD:?set it}@redis:6379/0"
 
 
@@ -293,7 +320,16 @@ def test_api_image_has_no_torch_and_worker_image_has_it(base: dict[str, Any]) ->
 
     assert "torch" not in packages(files["api"])
     assert {"fastapi", "streamlit"} <= packages(files["api"])
-    assert {"torch", "timm", "celery"} <= packages(files["worker"])
+    assert {"torch", "timm", "celery", "httpx"} <= packages(files["worker"])
+    # A worker is an HTTP client of the API: no database layer, no web server.
+    assert not {"sqlalchemy", "alembic", "psycopg", "fastapi"} & packages(files["worker"])
+
+
+def test_the_worker_image_holds_no_database_layer(base: dict[str, Any]) -> None:
+    copied = re.findall(r"^COPY (\S+) ", _dockerfiles(base)["worker"].read_text(), flags=re.M)
+    assert {"contract", "pft", "worker", "lab"} <= set(copied)
+    assert not {"backend", "dashboard"} & set(copied)
+    assert "contract" in re.findall(r"^COPY (\S+) ", _dockerfiles(base)["api"].read_text(), re.M)
 
 
 def test_api_image_commands_run_without_torch() -> None:
@@ -329,17 +365,19 @@ def test_dockerignore_keeps_local_state_out() -> None:
 def test_pft_variables_are_settings_the_services_read(
     base: dict[str, Any], gpu: dict[str, Any]
 ) -> None:
-    from backend.core.config import Settings
+    # Each service's PFT_* variables against that service's own settings class: a variable the
+    # service ignores is a silent misconfiguration (a worker given the database URL, say).
+    from backend.core.config import ApiSettings
     from dashboard.config import DashboardSettings
     from worker.config import WorkerSettings
 
-    known = {
-        "PFT_" + name.upper()
-        for cls in (Settings, WorkerSettings, DashboardSettings)
-        for name in cls.model_fields
-    }
+    readers = {"api": ApiSettings, "worker": WorkerSettings, "dashboard": DashboardSettings}
     for doc in (base, gpu):
         for name, service in doc["services"].items():
-            for var in service.get("environment", {}):
-                if var.startswith("PFT_"):
-                    assert var in known, f"{name}: {var} is read by no settings class"
+            names = [v for v in service.get("environment", {}) if v.startswith("PFT_")]
+            if not names:
+                continue
+            assert name in readers, f"{name} sets {names} but reads no pft settings"
+            known = {"PFT_" + field.upper() for field in readers[name].model_fields}
+            for var in names:
+                assert var in known, f"{name}: {var} is read by no field of its settings"

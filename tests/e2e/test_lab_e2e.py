@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from contract.api import AnglesPublic
 from tests.lab.lab_process import LabProcess, kill_leftovers, lab_env, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -350,9 +351,10 @@ def _check_angles(page: Any, lab: LabProcess, jobs: dict) -> None:
     _open(page, lab, "/angles", ".st-key-angles-unit-heatmap .js-plotly-plot")
     expected = {}
     for name in STRATEGIES:
-        final = _api(lab, f"/api/v1/jobs/{jobs[name]['id']}/angles")["final"]
-        assert final, f"job {jobs[name]['id']} recorded no angles"
-        expected[name] = final["units"]
+        angles = AnglesPublic.model_validate(_api(lab, f"/api/v1/jobs/{jobs[name]['id']}/angles"))
+        assert angles.final and angles.final.units, f"job {jobs[name]['id']} recorded no angles"
+        assert angles.final.tensors, "the API returns the tensors' rows too"
+        expected[name] = {row.name: row.angle_deg for row in angles.final.units}
 
     # Full fine-tuning is shown first: every unit moved.
     selected = page.locator(".st-key-angles-job [role='combobox']").input_value()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.api import JobsPage
 from tests.lab.lab_process import PFT, LabProcess, http_ok, kill_leftovers, lab_env, wait_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -33,6 +34,12 @@ def _api(lab: LabProcess, method: str, path: str, body: object = None) -> object
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The environment a running process was started with (Linux /proc)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
 def _port_closed(url: str) -> bool:
@@ -61,8 +68,18 @@ def test_up_twice_and_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         for name, r in records.items():
             assert r["pgid"] == r["pid"], name
 
-        # The API sees the worker's database: an authenticated call works.
+        # An authenticated call works, with the token the launcher printed.
         _api(lab, "GET", "/api/v1/jobs")
+
+        # The worker reaches the lab through the API only: its URL and the worker token (the
+        # file the API checks), and neither the database URL nor the users' token.
+        worker_token = lab.data_dir / "worker_token"
+        assert stat.S_IMODE(worker_token.stat().st_mode) == 0o600
+        worker_env = _environ(records["worker"]["pid"])
+        assert worker_env.get("PFT_WORKER_TOKEN") == worker_token.read_text().strip()
+        assert worker_env.get("PFT_API_URL") == lab.api_url
+        assert "PFT_DATABASE_URL" not in worker_env and "PFT_API_TOKEN" not in worker_env
+        assert "PFT_WORKER_TOKEN" not in _environ(records["dashboard"]["pid"])
 
         # A second start answers at once and leaves the running lab alone.
         second = subprocess.run(
@@ -192,6 +209,5 @@ def test_missing_backbone_queues_its_pretraining(tmp_path: Path) -> None:
 
 
 def _jobs(lab: LabProcess, kind: str) -> list[dict]:
-    listing = _api(lab, "GET", f"/api/v1/jobs?kind={kind}")
-    items = listing.get("items", listing) if isinstance(listing, dict) else listing
-    return [j for j in items if j["kind"] == kind]
+    page = JobsPage.model_validate(_api(lab, "GET", f"/api/v1/jobs?kind={kind}"))
+    return [j.model_dump(mode="json") for j in page.items if j.kind == kind]
