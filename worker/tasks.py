@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @app.task(name=TASK_NAME, ignore_result=True, acks_late=False)
 def run_job(job_id: int) -> str:
-    from worker.jobs import run_job as run
+    from worker.attempt import run_job as run
 
     if isinstance(job_id, bool) or not isinstance(job_id, int):
         log.error("%s needs an integer job id, got %r; message dropped", TASK_NAME, job_id)
@@ -28,4 +28,4 @@ def run_job(job_id: int) -> str:
 
 @worker_init.connect
 def _import_before_fork(**_: object) -> None:
-    import worker.jobs  # noqa: F401
+    import worker.attempt  # noqa: F401

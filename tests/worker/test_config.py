@@ -36,7 +36,7 @@ def test_importing_the_worker_touches_neither_cuda_nor_the_database_layer():
     # The parent imports torch before forking its pool, but must never initialise CUDA there;
     # and a worker host needs no database driver at all.
     code = (
-        "import sys, worker.tasks, worker.jobs, torch; "
+        "import sys, worker.tasks, worker.attempt, torch; "
         "assert not torch.cuda.is_initialized(); "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('backend', 'sqlalchemy', 'fastapi', 'alembic')); "

@@ -1,4 +1,4 @@
-"""`worker.jobs.run_job` in this process (no Celery) against a real API process: soups,
+"""`worker.attempt.run_job` in this process (no Celery) against a real API process: soups,
 angle_topk, pre-training, skipped claims and a worker whose device is missing.
 
 The Celery side is covered by test_worker_processes.py; here the job function talks to the API
@@ -18,8 +18,8 @@ from pydantic import SecretStr
 from contract.vocab import JobKind, JobStatus
 from pft.store import sha256_file
 from tests.worker.conftest import Lab, make_lab
+from worker.attempt import run_job
 from worker.config import WorkerSettings
-from worker.jobs import run_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -182,7 +182,7 @@ def test_a_worker_without_the_worker_token_is_refused(lab, settings, caplog):
     for token in (lab.api.token, "not-a-token"):  # the users' token is no worker credential
         wrong = settings.model_copy(update={"worker_token": SecretStr(token)})
         caplog.clear()
-        with caplog.at_level("ERROR", logger="worker.jobs"):
+        with caplog.at_level("ERROR", logger="worker.attempt"):
             assert run_job(job_id, settings=wrong) == "refused"
         assert "HTTP 401: set PFT_WORKER_TOKEN" in caplog.text
     assert lab.job(job_id).status == JobStatus.QUEUED and lab.job(job_id).attempts == 0
@@ -190,7 +190,7 @@ def test_a_worker_without_the_worker_token_is_refused(lab, settings, caplog):
 
 def test_torch_threads_follow_the_setting(lab, settings, caplog):
     job_id = lab.create_job(hparams={"epochs": 1, "batch_size": 64})
-    with caplog.at_level("INFO", logger="worker.jobs"):
+    with caplog.at_level("INFO", logger="worker.attempt"):
         _run(lab, settings.model_copy(update={"torch_threads": 2}), job_id)
     assert torch.get_num_threads() == 2
     assert "2 torch threads" in caplog.text
