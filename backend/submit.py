@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from backend import crud
+from backend import crud, idempotency
 from backend.core.config import ApiSettings
 from backend.db.models import Experiment, Job, utcnow
 from backend.schemas import (
@@ -88,6 +88,12 @@ def check_dataset(run: RunCreate, settings: ApiSettings) -> None:
             contained(settings.resolved_datasets_dir, run.dataset[len(IMAGEFOLDER_PREFIX) :])
         except PftError as exc:
             raise InvalidRequest(("body", "dataset"), str(exc)) from None
+        except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
+            raise InvalidRequest(
+                ("body", "dataset"),
+                f"dataset folder {run.dataset[len(IMAGEFOLDER_PREFIX) :]!r} cannot be resolved "
+                f"below the datasets root ({exc.__class__.__name__}: {exc}); a symlink loop?",
+            ) from None
 
 
 def _reference_angles(session: Session, run: RunCreate, ref_id: int, loc: Loc) -> dict[str, float]:
@@ -203,13 +209,19 @@ def _finetune_job(
     )
 
 
-def _commit(session: Session, jobs: Sequence[Job]) -> None:
+def _commit(session: Session, jobs: Sequence[Job], experiment: Experiment | None = None) -> None:
     """Writes the request's rows at once, stamped as enqueued now: the caller sends them right
     after (see `enqueue_jobs`); if that send fails, the reconciler sends them after the grace
-    period."""
+    period. An armed idempotency key (`backend.idempotency.begin`) is written with them."""
     now = utcnow()
     for job in jobs:
         job.enqueued_at = now
+    session.flush()
+    idempotency.stage(
+        session,
+        job_ids=[j.id for j in jobs],
+        experiment_id=experiment.id if experiment is not None else None,
+    )
     session.commit()
 
 
@@ -299,6 +311,14 @@ def submit_experiment(
     session: Session, req: ExperimentCreate, *, settings: ApiSettings
 ) -> tuple[Experiment, list[Job]]:
     """One fine-tuning job per strategy x seed, all written in one transaction."""
+    count, cap = len(req.strategies) * len(req.seeds), settings.max_jobs_per_experiment
+    if count > cap:
+        raise InvalidRequest(
+            ("body", "seeds"),
+            f"strategies x seeds = {len(req.strategies)} x {len(req.seeds)} = {count} jobs; one "
+            f"experiment holds at most {cap} (PFT_MAX_JOBS_PER_EXPERIMENT): send fewer "
+            "strategies or seeds, or split the experiment",
+        )
     check_dataset(req, settings)
     plans = [
         plan_strategy(session, req, spec, ("body", "strategies", i))
@@ -317,5 +337,5 @@ def submit_experiment(
         for plan in plans
         for seed in req.seeds
     ]
-    _commit(session, jobs)
+    _commit(session, jobs, experiment)
     return experiment, jobs

@@ -14,6 +14,10 @@ from pydantic_settings import SettingsConfigDict
 from contract.settings import LabSettings
 from contract.vocab import DEFAULT_DASHBOARD_PORT, DEFAULT_HOST
 
+# What the launcher and the services it starts create in the data folder is private to the
+# user: folders 0700, files 0600 (the database, logs, pid files, Redis' files, tokens).
+DATA_UMASK = 0o077
+
 
 class SettingsError(ValueError):
     """A ``PFT_*`` variable has a value the launcher cannot use; the message names it."""
@@ -71,4 +75,4 @@ def load_settings() -> LauncherSettings:
         raise SettingsError("; ".join(problems)) from None
 
 
-__all__ = ["LauncherSettings", "SettingsError", "load_settings"]
+__all__ = ["DATA_UMASK", "LauncherSettings", "SettingsError", "load_settings"]

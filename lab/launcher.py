@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ from typing import IO, Any
 from contract.api import JobsPage
 from contract.layout import DataLayout
 from contract.vocab import API_PREFIX, JobKind, JobStatus
-from lab.config import LauncherSettings, SettingsError, load_settings
+from lab.config import DATA_UMASK, LauncherSettings, SettingsError, load_settings
 from lab.processes import (
     http_ok,
     pid_file_is_live,
@@ -99,8 +100,7 @@ class Lab:
 
     def acquire(self) -> bool:
         """Takes the lab lock; False when another launcher holds it (the lab is up)."""
-        for folder in (self.layout.root, self.layout.run, self.layout.logs):
-            folder.mkdir(parents=True, exist_ok=True)
+        private_folders(self.layout.root, self.layout.run, self.layout.logs)
         lock = open(self.layout.run / "lab.lock", "a+")  # noqa: SIM115 (held for the lab's life)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -409,8 +409,20 @@ def _stop_on_signals(lab: Lab) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def private_folders(*folders: Path) -> None:
+    """The data folder is private to its user: each folder 0700 (created so, or tightened when
+    it is ours and looser). `up` sets umask 077 for itself and the services it starts, so the
+    database, logs, pid files, Redis' files and artifacts are created 0600 / 0700."""
+    for folder in folders:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            folder.chmod(0o700)
+
+
 def up(config: LauncherSettings | None = None) -> None:
     """Starts the lab and blocks until Ctrl-C/SIGTERM; exits non-zero if it cannot start."""
+    os.umask(DATA_UMASK)  # before anything is written; the services inherit it
     try:
         config = config or load_settings()
     except SettingsError as exc:

@@ -41,6 +41,7 @@ class TokenGate:
         prefix: str,
         worker_prefix: str,
         public: tuple[str, ...],
+        public_prefixes: tuple[str, ...] = (),
         token: Callable[[], str],
         worker_token: Callable[[], str],
     ) -> None:
@@ -48,6 +49,7 @@ class TokenGate:
         self.worker_prefix = f"{prefix}{worker_prefix}/"
         self.token, self.worker_token = token, worker_token
         self.public = {f"{prefix}{p}" for p in public}
+        self.public_prefixes = tuple(f"{prefix}{p}" for p in public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -55,6 +57,7 @@ class TokenGate:
             scope["type"] != "http"
             or not path.startswith(self.prefix)
             or path.rstrip("/") in self.public
+            or path.startswith(self.public_prefixes)
         ):
             await self.app(scope, receive, send)
             return

@@ -2,10 +2,13 @@
 
 * 422: schema errors and `backend.submit.InvalidRequest`, as ``{"detail": [{"loc", "msg",
   "type"}]}`` where ``msg`` names the accepted values; also a value the database cannot
-  store (`sqlalchemy.exc.DataError`);
+  store (`sqlalchemy.exc.DataError`), and an ``Idempotency-Key`` reused with another request
+  (`backend.idempotency.KeyReused`, ``loc`` ``["header", "Idempotency-Key"]``);
 * 409: a job-state conflict (`crud.JobStateError`), or a worker report whose claim lost the
   job (raised in `backend.api.routes.worker`);
 * 413: a request body over ``PFT_MAX_BODY_BYTES`` (`BodySizeLimit`);
+* 503: a write while the SQLite database file has vanished or was replaced
+  (`DatabaseLostGuard`, `backend.db.file_guard`);
 * 500: anything unexpected, logged with its traceback and an ``error_id`` to find it.
 """
 
@@ -22,6 +25,8 @@ from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.crud import JobStateError
+from backend.db.file_guard import DatabaseFileGuard
+from backend.idempotency import HEADER, KeyReused
 from backend.submit import InvalidRequest
 from pft.errors import PftError
 
@@ -42,6 +47,11 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
     detail = [{"loc": list(exc.loc), "msg": exc.message, "type": "value_error"}]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+async def _key_reused(_: Request, exc: KeyReused) -> JSONResponse:
+    detail = [{"loc": ["header", HEADER], "msg": str(exc), "type": "value_error"}]
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
@@ -85,6 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(InvalidRequest, _invalid)
     app.add_exception_handler(PftError, _pft_error)
+    app.add_exception_handler(KeyReused, _key_reused)
     app.add_exception_handler(JobStateError, _conflict)
     app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(Exception, _unexpected)
@@ -122,3 +133,22 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class DatabaseLostGuard:
+    """ASGI middleware: 503 for every write (any method but GET, HEAD, OPTIONS) once the
+    database file vanished or was replaced, instead of acknowledging what would be lost."""
+
+    SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, guard: DatabaseFileGuard) -> None:
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") not in self.SAFE:
+            problem = self.guard.problem()
+            if problem is not None:
+                response = JSONResponse({"detail": problem}, status_code=503)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -33,6 +33,24 @@ class ApiSettings(LabSettings):
     reconcile_interval_s: float = Field(
         30.0, ge=0, description="period of the API's reconciler thread; 0 disables it"
     )
+    max_jobs_per_experiment: int = Field(
+        256, ge=1, le=2048, description="strategies x seeds of one POST /experiments, at most"
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a connection must deliver a whole request (headers and body) within this",
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, allow_inf_nan=False, description="idle keep-alive connections are closed after"
+    )
+    max_connections: int = Field(
+        512,
+        ge=10,
+        description="open connections at most (beyond: 503, uvicorn's limit_concurrency); below "
+        "the usual 1024 open files, so a flood cannot starve the database and the reconciler",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
 
     @property

@@ -212,3 +212,22 @@ class ShapeTable(Base):
     model: Mapped[str] = mapped_column(String(200))
     table: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` for one submitting route: what the first request created.
+
+    Written in the same transaction as the rows it names, so a retry after a broken connection
+    finds either nothing (the first request was rolled back) or exactly what was committed.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("route", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    route: Mapped[str] = mapped_column(String(64))  # "POST /jobs", ...
+    key: Mapped[str] = mapped_column(String(200))
+    request_sha256: Mapped[str] = mapped_column(String(64))  # the validated request, canonical
+    experiment_id: Mapped[int | None] = mapped_column(Integer)
+    job_ids: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

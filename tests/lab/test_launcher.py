@@ -46,6 +46,19 @@ def _port_closed(url: str) -> bool:
     return not http_ok(url, timeout=1)
 
 
+def _assert_private(data: Path) -> None:
+    """The data folder is 0700, and nothing in it is readable by group or others: the database
+    and its WAL, logs, pid files, tokens, Redis' files."""
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    expected = [data / "lab.db", data / "logs" / "api.log", data / "run" / "api.pid"]
+    for path in expected:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in data.rglob("*"):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if not stat.S_ISLNK(path.lstat().st_mode) and not stat.S_ISSOCK(path.lstat().st_mode):
+            assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+
+
 def test_up_twice_and_stop_leaves_nothing_behind(tmp_path: Path) -> None:
     lab = LabProcess.start(lab_env(tmp_path / "data"))
     records: dict[str, dict] = {}
@@ -64,6 +77,8 @@ def test_up_twice_and_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         assert (lab.data_dir / "lab.db").exists()
         for name in ("api", "worker", "dashboard"):
             assert (lab.data_dir / "logs" / f"{name}.log").stat().st_size > 0, name
+        # The data folder is private to its user (the launcher runs under umask 022 here).
+        _assert_private(lab.data_dir)
         # Every service leads its own process group.
         for name, r in records.items():
             assert r["pgid"] == r["pid"], name

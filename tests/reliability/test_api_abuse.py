@@ -183,6 +183,38 @@ def test_dataset_names_that_leave_the_datasets_root_are_refused(
             assert r.status_code == 422, r.text
 
 
+def test_a_dataset_folder_in_a_symlink_loop_is_a_422_not_a_500(
+    app_client: TestClient, tmp_path: Path
+):
+    datasets = tmp_path / "data" / "datasets"
+    datasets.mkdir(parents=True)
+    os.symlink(datasets / "loop", datasets / "loop")
+    os.symlink(datasets / "ping", datasets / "pong")
+    os.symlink(datasets / "pong", datasets / "ping")
+    experiment = {**JOB, "strategies": [{"name": "full"}]}
+    for name in ("loop", "ping", "loop/a/b"):
+        for route, body in (("/api/v1/jobs", JOB), ("/api/v1/experiments", experiment)):
+            r = app_client.post(
+                route, json={**body, "dataset": f"imagefolder:{name}"}, headers=AUTH
+            )
+            assert r.status_code == 422, (name, route, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body", "dataset"]
+    assert app_client.get("/api/v1/jobs", headers=AUTH).json()["total"] == 0
+
+
+def test_2048_jobs_in_one_request_are_refused_naming_the_fields(app_client: TestClient):
+    """The schema's own caps (64 strategies, 32 seeds) multiply to 2,048 jobs: the product is
+    capped too (PFT_MAX_JOBS_PER_EXPERIMENT, 256 by default)."""
+    strategies = [{"name": "full"}, {"name": "attn_only"}] * 32
+    body = {**JOB, "strategies": strategies, "seeds": list(range(32))}
+    r = app_client.post("/api/v1/experiments", json=body, headers=AUTH)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "seeds"] and "2048 jobs" in error["msg"], error
+    assert "strategies" in error["msg"] and "256" in error["msg"], error
+    assert app_client.get("/api/v1/jobs", headers=AUTH).json()["total"] == 0
+
+
 @pytest.mark.parametrize(
     "path",
     [

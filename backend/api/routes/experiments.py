@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from backend import crud, results
+from backend import crud, idempotency, results
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Experiment
 from backend.enqueue import enqueue_jobs
@@ -46,9 +46,27 @@ def create_experiment(
     session: SessionDep,
     settings: SettingsDep,
     background: BackgroundTasks,
+    response: Response,
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> ExperimentCreated:
-    """Creates one fine-tuning job per strategy x seed and queues them all."""
-    experiment, jobs = submit_experiment(session, request, settings=settings)
+    """Creates one fine-tuning job per strategy x seed and queues them all. With an
+    ``Idempotency-Key``, a retry of the same request answers the same experiment and jobs."""
+    created, replay = idempotency.submit_once(
+        session,
+        route="POST /experiments",
+        key=idempotency_key,
+        request=request,
+        submit=lambda: submit_experiment(session, request, settings=settings),
+    )
+    if replay is not None:
+        response.headers[idempotency.REPLAYED] = "true"
+        experiment = _experiment_or_404(session, replay.experiment_id or 0)
+        found = crud.get_jobs(session, job_ids=replay.job_ids)
+        jobs = [found[i] for i in replay.job_ids if i in found]
+        return ExperimentCreated(
+            experiment=_public(experiment), jobs=[JobPublic.model_validate(j) for j in jobs]
+        )
+    experiment, jobs = created
     background.add_task(enqueue_jobs, [j.id for j in jobs], settings=settings)
     session.refresh(experiment)
     return ExperimentCreated(

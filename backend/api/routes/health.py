@@ -3,12 +3,14 @@
 "Writable" is probed with a real write that is rolled back: a no-op UPDATE of the one-row
 ``alembic_version`` table, under a short lock timeout. A database that answers reads but not
 writes (read-only file or mount, a full disk on PostgreSQL's side, a standby, a writer holding
-SQLite's lock) is reported unwritable, and the API answers 503 "degraded".
+SQLite's lock) is reported unwritable, and the API answers 503 "degraded". So is a SQLite file
+that vanished or was replaced under the running API (`backend.db.file_guard`), with the reason
+in the ``X-Database-Problem`` header.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -19,6 +21,7 @@ from contract.api import Health
 router = APIRouter(tags=["health"])
 
 PROBE_TIMEOUT_MS = 2000
+DATABASE_PROBLEM_HEADER = "X-Database-Problem"  # why the database is not writable, when known
 _SQLITE_BUSY_MS = 30_000  # backend.db.session's connect timeout, restored after the probe
 
 
@@ -58,11 +61,19 @@ def database_writable(session: Session) -> bool:
     response_model=Health,
     responses={503: {"model": Health, "description": "the database is unreachable or read-only"}},
 )
-def health(session: SessionDep, settings: SettingsDep, response: Response) -> Health:
+def health(
+    session: SessionDep, settings: SettingsDep, request: Request, response: Response
+) -> Health:
     from importlib.metadata import PackageNotFoundError, version
 
     database = database_reachable(session)
     writable = database and database_writable(session)
+    lost = request.app.state.database_file.problem()
+    if lost is not None:  # the file the API holds was deleted or replaced: writes are refused
+        writable = False
+        response.headers[DATABASE_PROBLEM_HEADER] = lost.encode(
+            "ascii", "backslashreplace"
+        ).decode()
     broker = broker_reachable(settings=settings)
     try:
         ver = version("pft-lab")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Query, Response, status
 
-from backend import crud
+from backend import crud, idempotency
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Job
 from backend.enqueue import enqueue_job, enqueue_jobs
@@ -42,16 +42,27 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     background: BackgroundTasks,
+    response: Response,
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> Job:
     """Submits one job: ``finetune`` (the default kind; the registry's first strategy, full
     fine-tuning, by default), ``pretrain`` or ``soup``. The job is queued in the database when
-    this answers, and sent to the broker right after."""
-    if isinstance(request, FinetuneCreate):
-        job = submit_finetune(session, request, settings=settings)
-    elif isinstance(request, PretrainCreate):
-        job = submit_pretrain(session, request)
-    else:
-        job = submit_soup(session, request)
+    this answers, and sent to the broker right after. With an ``Idempotency-Key``, a retry of
+    the same request answers the same job (header ``Idempotent-Replayed: true``)."""
+
+    def submit() -> Job:
+        if isinstance(request, FinetuneCreate):
+            return submit_finetune(session, request, settings=settings)
+        if isinstance(request, PretrainCreate):
+            return submit_pretrain(session, request)
+        return submit_soup(session, request)
+
+    job, replay = idempotency.submit_once(
+        session, route="POST /jobs", key=idempotency_key, request=request, submit=submit
+    )
+    if replay is not None:
+        response.headers[idempotency.REPLAYED] = "true"
+        return get_job_or_404(session, replay.job_ids[0])
     background.add_task(enqueue_jobs, [job.id], settings=settings)
     return job
 

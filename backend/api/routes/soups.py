@@ -6,9 +6,9 @@ takes that id.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Response
 
-from backend import crud
+from backend import crud, idempotency
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Job
 from backend.enqueue import enqueue_jobs
@@ -37,11 +37,27 @@ def _public(job: Job) -> SoupPublic:
 
 @router.post("", status_code=201, response_model=SoupPublic)
 def create_soup(
-    request: SoupCreate, session: SessionDep, settings: SettingsDep, background: BackgroundTasks
+    request: SoupCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+    response: Response,
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> SoupPublic:
     """A soup job over ``ingredients`` (succeeded fine-tuning jobs of one model and dataset)
-    merged by ``method`` (GET /catalog/soups), evaluated on ``shifts``."""
-    job = submit_soup(session, request)
+    merged by ``method`` (GET /catalog/soups), evaluated on ``shifts``. With an
+    ``Idempotency-Key``, a retry of the same request answers the same soup."""
+    job, replay = idempotency.submit_once(
+        session,
+        route="POST /soups",
+        key=idempotency_key,
+        request=request,
+        submit=lambda: submit_soup(session, request),
+    )
+    if replay is not None:
+        response.headers[idempotency.REPLAYED] = "true"
+        job = crud.get_job(session, job_id=replay.job_ids[0])
+        return _public(job)
     background.add_task(enqueue_jobs, [job.id], settings=settings)
     session.refresh(job)
     return _public(job)

@@ -167,7 +167,11 @@ def test_angle_topk_rejects_unsuitable_reference_jobs(
 def test_angle_topk_k_is_checked_against_the_groups(client: TestClient, db: Session) -> None:
     ref = finished_finetune(db)
     body = {**FT, "strategy": {"name": "angle_topk", "k": 5, "reference_job": ref.id}}
-    assert "from 1 to 4" in _error(client, body)["msg"]
+    # A K larger than a group (4 units each here) tunes the whole group (`pft.strategies`).
+    whole = client.post("/api/v1/jobs", json=body)
+    assert whole.status_code == 201, whole.text
+    four = _post(client, strategy={"name": "angle_topk", "k": 4, "reference_job": ref.id})
+    assert whole.json()["tuned_params"] == four["tuned_params"]
     missing = {**body, "strategy": {"name": "angle_topk", "k": 2, "reference_job": 10**6}}
     assert "does not exist" in _error(client, missing)["msg"]
     no_k = _error(client, {**body, "strategy": {"name": "angle_topk", "reference_job": ref.id}})

@@ -70,7 +70,11 @@ def test_angle_topk_with_a_reference_job_ranks_by_its_angles(
 @pytest.mark.parametrize(
     ("body", "loc", "words"),
     [
-        ({"strategy": {"name": "angle_topk", "k": 9}}, ["body", "strategy", "k"], "from 1 to 4"),
+        (
+            {"strategy": {"name": "angle_topk", "k": 0}},
+            ["body", "strategy", "k"],
+            "greater than or equal to 1",
+        ),
         ({"strategy": {"name": "angle_topk"}}, ["body", "strategy", "k"], "needs k"),
         ({"strategy": {"name": "custom", "units": ["X.1"]}}, ["body", "strategy", "units"], "X"),
         ({"strategy": {"name": "nope"}}, ["body", "strategy", "name"], "unknown strategy"),
