@@ -40,11 +40,16 @@ def _fail(message: str) -> None:
 def reproduce(
     ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="the CI preset: minutes, test model"),
-    preset: str = typer.Option(FULL_PRESET, help="quick, reduced (~35 min CPU) or full (~2 h CPU)"),
+    preset: str = typer.Option(
+        FULL_PRESET, help="quick, reduced (~45 min CPU) or full (~2.5 h CPU)"
+    ),
     out: Path = typer.Option(None, help="study folder (default: $PFT_DATA_DIR/reproduce/PRESET)"),
     seeds: int = typer.Option(None, help="seeds per strategy (overrides the preset)"),
     epochs: int = typer.Option(None, help="epochs per run on every target (overrides)"),
     dataset: list[str] = typer.Option(None, "--dataset", help="target (repeatable; overrides)"),
+    margin: float = typer.Option(
+        None, help="equivalence margin in accuracy points (default: the preset's, 1 point)"
+    ),
     report: Path = typer.Option(None, help="report path (default: OUT/REPRODUCTION.md)"),
     figures: Path = typer.Option(
         None, help="figure folder (default: beside the report, img/reproduction)"
@@ -70,6 +75,7 @@ def reproduce(
             seeds=seeds,
             epochs=epochs,
             datasets=list(dataset) if dataset else None,
+            margin=margin / 100 if margin is not None else None,
         )
     except PftError as exc:
         _fail(str(exc))

@@ -1,13 +1,17 @@
 """The study plan: presets and the runs each phase of the reproduction study asks for.
 
 A preset fixes the backbone, the targets, the budget (epochs, seeds), the learning-rate grid of
-each strategy family and the ``angle_topk`` sweep. The phases (see `pft.reproduce.executor`):
+each strategy family and the ``angle_topk`` sweep. The phases (run by
+`pft.reproduce.pipeline.ReproStudy` on the resumable `pft.reproduce.executor.Study`):
 
 1. ``grid``: every base strategy (full, linear probe, the paper's eight) at every learning rate
-   of its family's grid, seed 0;
-2. ``seeds``: the remaining seeds at the learning rate chosen on the held-out split;
-3. ``angle``: ``angle_topk`` (both orders, a K sweep) with reference angles from phase 1-2's
-   full fine-tuning runs, grid then seeds as above;
+   of its family's grid, with the selection seed ``SELECTION_SEED``, which is never reported;
+   while a strategy's best rate (on held-out accuracy) is at an edge of the rates it tried,
+   the grid widens by one step of the 1-3-10 ladder past that edge (``Preset.widen`` steps at
+   most), so the chosen rate ends up inside the grid;
+2. ``seeds``: the reported seeds ``0 .. seeds-1`` at the chosen learning rate;
+3. ``angle``: ``angle_topk`` (both orders, a K sweep) with reference angles from phase 2's
+   full fine-tuning runs, grid (selection seed, widened) then reported seeds as above;
 4. ``cheap``: short full fine-tuning runs (``cheap_fraction`` of the epochs) whose angles are
    compared with the complete runs'.
 
@@ -23,6 +27,7 @@ from typing import Any
 
 from pft.errors import PftError
 from pft.jobs.specs import FinetuneSpec, Hparams
+from pft.soups.registry import MERGE_METHODS
 from pft.strategies import MANUAL_STRATEGIES, ORDERS
 
 # The study's strategies (registry names, spelled here once for the whole study): the paper's
@@ -33,10 +38,15 @@ BLOCK_HALVES = ("blocks_first_half", "blocks_last_half")
 BASE_STRATEGIES = (FULL, LINEAR_PROBE, *MANUAL_STRATEGIES)
 MANUAL = "manual"  # the learning-rate family of the manual strategies
 FULL_PRESET = "full"  # the preset of the study as the issue specifies it
-# The soups the study builds of each group of runs (`pft.soups` registry names), and those that
-# equal the uniform soup when every ingredient tuned the same tensors (then skipped).
-STUDY_SOUPS = (UNIFORM_SOUP, GREEDY_SOUP, MASKED_SOUP) = ("uniform", "greedy", "masked")
+# The soups the study builds of each group of runs: every merge method of the lab (the
+# `pft.soups` registry), and those that equal the uniform soup when every ingredient tuned the
+# same tensors (then skipped).
+UNIFORM_SOUP, GREEDY_SOUP, MASKED_SOUP = "uniform", "greedy", "masked"
+STUDY_SOUPS = tuple(MERGE_METHODS)
 UNIFORM_WHEN_ALIGNED = (MASKED_SOUP,)
+# Learning rates are chosen on this seed's held-out accuracy; it is never a reported seed
+# (those are 0 .. seeds-1), so the reported runs carry no selection bias.
+SELECTION_SEED = 1000
 
 
 def family(strategy: str) -> str:
@@ -56,6 +66,7 @@ class Target:
     dataset: str
     epochs: int  # fine-tuning budget, the same for every strategy
     train_limit: int | None = None  # first N images of every split (the engine's train_limit)
+    budget: str = ""  # why this many epochs (the report checks the plateau per strategy)
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ class Preset:
     model: str
     targets: tuple[Target, ...]
     seeds: int
-    lr_grid: dict[str, tuple[float, ...]]  # family -> learning rates tried (seed 0)
+    lr_grid: dict[str, tuple[float, ...]]  # family -> learning rates first tried
     ks: tuple[int, ...]  # angle_topk: units per group
     orders: tuple[str, ...] = ORDERS
     cheap_fraction: float = 0.1  # epochs of the cheap-angle runs, as a fraction of the budget
@@ -74,6 +85,12 @@ class Preset:
     soup_strategies: tuple[str, ...] = ("full", "attn_only", "ffn_only")
     mixed_soup: tuple[str, ...] = ("attn_only", "ffn_only")  # one masked soup across these
     estimate: str = ""  # expected wall time, as documented
+    # Verdicts (stated before any run): differences whose 95% interval lies inside ±margin are
+    # "equivalent"; a study whose best strategy's 95% interval does not clear chance
+    # (1 / classes) by chance_margin draws no verdict.
+    margin: float = 0.01
+    chance_margin: float = 0.05
+    widen: int = 3  # widening steps of the learning-rate grid past an edge, per strategy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,13 +115,14 @@ PRESETS: dict[str, Preset] = {
             cheap_fraction=0.5,
             shifts=("gaussian_noise",),
             estimate="about 1 minute on 2 CPU cores",
+            widen=0,  # a smoke test: the widening is tested on made-up records
         ),
         Preset(
             name="reduced",
-            description="A real but reduced study on `digits` that fits ~35 minutes of a "
+            description="A real but reduced study on `digits` that fits ~45 minutes of a "
             "shared 2-core CPU",
             model="pft/vit-tiny-fmnist",
-            targets=(Target("digits", epochs=4),),
+            targets=(Target("digits", epochs=4, budget="fixed by the ~35-minute budget"),),
             seeds=2,
             lr_grid={
                 "full": (1e-3, 3e-3),
@@ -114,19 +132,31 @@ PRESETS: dict[str, Preset] = {
             },
             ks=(3, 6),
             cheap_fraction=0.25,
-            estimate="about 35 minutes on a 2-core CPU shared with other work",
+            estimate="about 45 minutes on a 2-core CPU shared with other work, more when grids "
+            "widen",
         ),
         Preset(
             name="full",
             description="The study as specified: both offline targets, 3 seeds, a 3-point K sweep",
             model="pft/vit-tiny-fmnist",
             targets=(
-                Target("digits", epochs=10),
-                Target("fashion_mnist_b", epochs=3, train_limit=3000),
+                Target(
+                    "digits",
+                    epochs=10,
+                    budget="full fine-tuning reached 88% at lr 1e-3 in 10 epochs in a "
+                    "prototype (66% in 4)",
+                ),
+                Target(
+                    "fashion_mnist_b",
+                    epochs=3,
+                    train_limit=3000,
+                    budget="3 epochs of 3,000 images, bounded by the 2-core CPU",
+                ),
             ),
             seeds=3,
             # The reduced study chose the top of every 2-point grid on held-out accuracy, so the
-            # full grids reach higher (docs/REPRODUCTION.md, learning-rate table).
+            # full grids reach higher (docs/REPRODUCTION.md, learning-rate table), and widen
+            # further while the chosen rate sits at an edge.
             lr_grid={
                 "full": (1e-3, 3e-3, 1e-2),
                 "linear_probe": (1e-2, 3e-2),
@@ -136,7 +166,8 @@ PRESETS: dict[str, Preset] = {
             ks=(3, 6, 9),
             cheap_fraction=0.1,
             shifts=("gaussian_noise", "rotation", "blur"),
-            estimate="about 2 hours on an idle 2-core CPU (see docs/REPRODUCTION.md)",
+            estimate="about 2.5 hours on an idle 2-core CPU before the grids widen (see "
+            "docs/REPRODUCTION.md)",
         ),
     ]
 }
@@ -206,15 +237,18 @@ def to_spec(spec: RunSpec, preset: Preset, angles: dict[str, float] | None = Non
 
 
 def grid_runs(preset: Preset, target: Target) -> list[RunSpec]:
+    """Every base strategy at every rate of its family's grid, with the selection seed."""
     return [
-        RunSpec(target.dataset, s, lr, 0, target.epochs, train_limit=target.train_limit)
+        RunSpec(
+            target.dataset, s, lr, SELECTION_SEED, target.epochs, train_limit=target.train_limit
+        )
         for s in BASE_STRATEGIES
         for lr in preset.lr_grid[family(s)]
     ]
 
 
 def seed_runs(preset: Preset, target: Target, chosen_lr: dict[str, float]) -> list[RunSpec]:
-    """Seeds 1.. of every base strategy at its chosen learning rate (by label)."""
+    """The reported seeds 0.. of every base strategy at its chosen learning rate (by label)."""
     return [
         RunSpec(
             target.dataset,
@@ -226,7 +260,7 @@ def seed_runs(preset: Preset, target: Target, chosen_lr: dict[str, float]) -> li
             phase="seeds",
         )
         for s in BASE_STRATEGIES
-        for seed in range(1, preset.seeds)
+        for seed in range(preset.seeds)
     ]
 
 
@@ -236,7 +270,7 @@ def angle_grid_runs(preset: Preset, target: Target) -> list[RunSpec]:
             target.dataset,
             "angle_topk",
             lr,
-            0,
+            SELECTION_SEED,
             target.epochs,
             k=k,
             order=order,
@@ -266,7 +300,7 @@ def angle_seed_runs(preset: Preset, target: Target, chosen_lr: dict[str, float])
                     train_limit=target.train_limit,
                     phase="angle",
                 )
-                for seed in range(1, preset.seeds)
+                for seed in range(preset.seeds)
             ]
     return out
 
@@ -301,8 +335,9 @@ class PlanCount:
 
 
 def count_plan(preset: Preset) -> PlanCount:
-    """Counts the runs of a preset, assuming the chosen learning rate is the first of the grid
-    (the count does not depend on which one is chosen)."""
+    """Counts the runs of a preset before any widening of the grids (widening adds at most
+    ``widen`` runs per strategy and direction), assuming the chosen learning rate is the first
+    of the grid (the count does not depend on which one is chosen)."""
     out = PlanCount()
     for t in preset.targets:
         first = {s: preset.lr_grid[family(s)][0] for s in BASE_STRATEGIES}
@@ -334,6 +369,7 @@ def customise(
     seeds: int | None = None,
     epochs: int | None = None,
     datasets: list[str] | None = None,
+    margin: float | None = None,
 ) -> Preset:
     """The preset with command-line overrides; its name records them (``reduced, seeds=3``)."""
     from dataclasses import replace
@@ -362,6 +398,24 @@ def customise(
             )
         targets = tuple(replace(t, epochs=epochs) for t in targets)
         notes.append(f"epochs={epochs}")
+    if margin is not None:
+        if not isinstance(margin, int | float) or not 0 < margin < 1:
+            raise PftError(
+                f"the equivalence margin must lie in (0, 1) (a fraction), got {margin!r}"
+            )
+        changes["margin"] = float(margin)
+        notes.append(f"margin={100 * margin:g} points")
     if not notes:
         return preset
     return replace(preset, name=f"{preset.name}, {', '.join(notes)}", targets=targets, **changes)
+
+
+def ladder(lr: float, up: bool) -> float:
+    """The next rate on the 1-3-10 ladder above (or below) ``lr``: 1e-3 -> 3e-3 -> 1e-2."""
+    exp = math.floor(math.log10(lr) + 1e-9)
+    mantissa = lr / 10**exp
+    if up:
+        nxt = 3 * 10**exp if mantissa < 2.9 else 10 ** (exp + 1)
+    else:
+        nxt = 3 * 10 ** (exp - 1) if mantissa < 1.1 else 10**exp if mantissa < 3.1 else 3 * 10**exp
+    return float(f"{nxt:.0e}")

@@ -9,17 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pft.reproduce.analysis import DatasetAnalysis, soup_rows
+from pft.reproduce.analysis import NO_VERDICT, DatasetAnalysis, soup_rows
 from pft.reproduce.plan import (
     ATTN_ONLY,
     FFN_ONLY,
     FULL,
     GREEDY_SOUP,
+    SELECTION_SEED,
     STUDY_SOUPS,
     Preset,
     cheap_epochs,
 )
-from pft.reproduce.stats import spread
+from pft.reproduce.stats import LEVEL, spread
 
 # Ye et al. 2023, ViT-B/16 (ImageNet-21K) on CIFAR-100, as summarised in PAPER.md.
 PAPER_CIFAR100 = [
@@ -38,7 +39,7 @@ RUNNING = """
 
 ```bash
 pft reproduce --quick                      # CI smoke test on the random-init test model (~1 min)
-pft reproduce --preset reduced --threads 1 --report docs/REPRODUCTION.md   # ~35 min, digits
+pft reproduce --preset reduced --threads 1 --report docs/REPRODUCTION.md   # ~45 min, digits
 pft reproduce --preset full --report docs/REPRODUCTION.md                  # both targets
 pft reproduce --preset full --report-only --report docs/REPRODUCTION.md    # report only
 ```
@@ -69,9 +70,97 @@ def _rho(values: Sequence[float]) -> str:
     return f"{s.mean:.2f} (min {s.lo:.2f}, {s.n} pairs)" if s.n > 1 else f"{s.mean:.2f}"
 
 
-def _than(word: str) -> str:
-    """``"better than"``, ``"worse than"`` or ``"on par with"``."""
-    return "on par with" if word == "similar" else f"{word} than"
+VERDICT_HEADER = [
+    "comparison",
+    "metric",
+    "difference (points)",
+    f"{LEVEL:.0%} interval",
+    "margin",
+    "outcome",
+    "tuned params",
+    "supports the claim",
+]
+
+
+def _verdict_rows(comps: Sequence[dict[str, Any]], note: str = "") -> list[list[Any]]:
+    rows = []
+    for c in comps:
+        iv = c["diff"]
+        interval = (
+            "one value: none"
+            if iv.n <= 1 and math.isinf(iv.half_width)
+            else f"[{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"
+        )
+        method = f" ({c['method']})" if c.get("method") else ""
+        params = (
+            f"{_params(c['params_a'])} vs {_params(c['params_b'])}"
+            if c["params_a"] or c["params_b"]
+            else "–"
+        )
+        rows.append(
+            [
+                f"`{c['a']}` − `{c['b']}`{method}",
+                "test" if c["metric"] == "test" else "shift mean",
+                "–" if math.isnan(iv.mean) else f"{100 * iv.mean:+.1f}",
+                interval,
+                f"±{100 * c['margin']:.1f}",
+                f"**{c['outcome']}**",
+                params,
+                ("yes" if c["supports"] else "no") + note,
+            ]
+        )
+    return rows
+
+
+def _verdict_table(comps: Sequence[dict[str, Any]], note: str = "") -> str:
+    if not comps:
+        return "No comparison could be made.\n"
+    return _table(VERDICT_HEADER, _verdict_rows(comps, note))
+
+
+def _verdict_line(a: DatasetAnalysis, c: dict[str, Any]) -> str:
+    if c["verdict"] == NO_VERDICT:
+        return (
+            f"**Verdict on `{a.dataset}`: no verdict** ({'; '.join(a.guard['reasons'])}; the "
+            f'comparisons alone would say "{c.get("computed", "?")}").\n'
+        )
+    return f"**Verdict on `{a.dataset}`: {c['verdict']}.**\n"
+
+
+OUTCOMES_TEXT = (
+    "Every comparison is paired over the reported seeds (the same seeds on both sides): the "
+    "mean difference in accuracy points, its t-based {level} interval, and one of four "
+    "outcomes against the equivalence margin of ±{margin} points stated before the runs: "
+    "**equivalent** when the whole interval lies inside the margin, else **better** when it "
+    "lies above zero, **worse** when below, **inconclusive** when it straddles zero. A "
+    'difference that is merely not significant is inconclusive, never "on par". A claim is '
+    'supported only by "better" or by "equivalent" with fewer tuned parameters; '
+    '"supported" needs every deciding comparison, "partly supported" some, "not '
+    'supported" means every one was worse or saved no parameters.\n'
+)
+
+
+def _guard_text(a: DatasetAnalysis) -> str:
+    g = a.guard
+    if not g:
+        return ""
+    if g["ok"]:
+        return (
+            f"The study beats chance on `{a.dataset}`: `{g['best']}` (best held-out accuracy) "
+            f"reaches {_iv_pct(g['interval'])} test accuracy against chance "
+            f"{100 * g['chance']:.1f}% ({g['classes']} classes).\n"
+        )
+    return (
+        f"**No verdict on `{a.dataset}`:** {'; '.join(g['reasons'])}. The runs do not show "
+        "fine-tuning that works, so none of the comparisons below can support or refute the "
+        "paper; they are shown for completeness only.\n"
+    )
+
+
+def _iv_pct(iv: Any) -> str:
+    if math.isinf(iv.half_width) or math.isnan(iv.half_width):
+        return f"{100 * iv.mean:.1f}% (one seed: no interval)"
+    return f"{100 * iv.mean:.1f}% [{100 * iv.lo:.1f}, {100 * iv.hi:.1f}]"
 
 
 def _link(fig: Path | None, report: Path, alt: str) -> str:
@@ -107,9 +196,20 @@ def _setup(preset: Preset, meta: dict[str, Any]) -> str:
             f"- Backbone provenance: {meta.get('backbone', '?')}",
             f"- Seeds: {preset.seeds} per strategy (data order and augmentation); every run shares "
             "the head initialisation (`head_seed` 0) so that runs can be souped.",
-            f"- Learning-rate grid per family ({grids}): every rate is tried with seed 0 and the "
-            "one with the best **held-out** accuracy (a split of the training images, never "
-            "trained on) is used for the other seeds. Test accuracy plays no part in any choice.",
+            f"- Learning-rate grid per family ({grids}): every rate is tried with the selection "
+            f"seed {SELECTION_SEED}, which is never reported, and the one with the best "
+            "**held-out** accuracy (a split of the training images, never trained on) is used "
+            f"for the reported seeds 0–{preset.seeds - 1}. While the chosen rate is the "
+            f"largest or smallest tried, the grid widens one step (1-3-10 ladder) past that "
+            f"edge, {preset.widen} step(s) at most. Test accuracy plays no part in any choice.",
+            f"- Verdicts: paired {LEVEL:.0%} t intervals over the reported seeds, equivalence "
+            f"margin ±{100 * preset.margin:.1f} points, no verdict unless the best strategy's "
+            f"interval clears chance by {100 * preset.chance_margin:.0f} points.",
+            "- Epoch budgets: "
+            + "; ".join(
+                f"`{t.dataset}` {t.epochs} ({t.budget or 'not justified'})" for t in preset.targets
+            )
+            + ". The strategy table shows the held-out gain of the last epoch (plateau check).",
             f"- `angle_topk`: K in {', '.join(map(str, preset.ks))} per group, orders "
             f"{' and '.join(preset.orders)}, reference angles = mean over seeds of the chosen full "
             "fine-tuning runs.",
@@ -137,6 +237,7 @@ def _strategy_table(a: DatasetAnalysis) -> str:
                 r.test.fmt(),
                 r.heldout.fmt(),
                 r.shift_mean.fmt(),
+                "–" if r.plateau.n == 0 else f"{100 * r.plateau.mean:+.1f}",
                 f"{r.seconds.mean:.0f}",
             ]
         )
@@ -150,13 +251,30 @@ def _strategy_table(a: DatasetAnalysis) -> str:
             "test acc %",
             "held-out acc %",
             "shift acc %",
+            "last-epoch held-out gain",
             "s / run",
         ],
         rows,
     )
 
 
-def _lr_table(a: DatasetAnalysis) -> str:
+def _plateau_text(a: DatasetAnalysis) -> str:
+    """Which strategies still gained more than the margin in their last epoch."""
+    rising = [r.label for r in a.rows if r.plateau.n and r.plateau.mean > a.margin]
+    if not rising:
+        return (
+            f"\nEvery strategy gained at most {100 * a.margin:.1f} points of held-out accuracy "
+            "in its last epoch: the budget reached a plateau.\n"
+        )
+    return (
+        f"\nStill rising in the last epoch (more than {100 * a.margin:.1f} points of held-out "
+        "accuracy; the budget did not reach a plateau for them): "
+        + ", ".join(f"`{x}`" for x in rising)
+        + ".\n"
+    )
+
+
+def _lr_table(a: Any) -> str:
     lrs = sorted({lr for g in a.lr_grid.values() for lr in g})
     rows = [
         [f"`{label}`"] + [_pct(g[lr]) if lr in g else "" for lr in lrs]
@@ -172,52 +290,59 @@ def _lr_table(a: DatasetAnalysis) -> str:
             "upper edge for this budget, and the accuracies in the table above may "
             "understate what each strategy can reach.\n"
         )
+    edges = getattr(a, "edges", {})
+    if edges:
+        text += (
+            "\nChosen rate still at an edge of the rates tried (the preset's widening steps "
+            "were spent or disabled; top, bottom, or both for a single rate): "
+            + ", ".join(f"`{k}` ({v})" for k, v in edges.items())
+            + ".\n"
+        )
+    elif grids:
+        text += "\nEvery chosen rate lies inside its grid.\n"
     return text
 
 
 def _claim1_text(a: DatasetAnalysis) -> str:
     c = a.verdicts["claim1"]
-    if "vs_full" not in c:
+    if "deciding" not in c:
         return "No full fine-tuning runs: nothing to compare.\n"
-    parts = []
-    for label, v in c["vs_full"].items():
-        parts.append(
-            f"`{label}` is **{_than(v['word'])}** full fine-tuning ({v['diff']:+.1f} "
-            f"points, {_params(v['params'])} vs {_params(c['full_params'])} tuned "
-            "parameters)"
-        )
-    text = "; ".join(parts) + ". "
+    text = "Deciding comparisons (the paper's examples against full fine-tuning):\n\n"
+    text += _verdict_table(c["deciding"])
     text += (
-        f"Across the eight manual strategies, mean test accuracy spans "
-        f"{c['manual_range_pts']:.1f} points, so which units are tuned matters. "
+        f"\nAcross the eight manual strategies, mean test accuracy spans "
+        f"{c['manual_range_pts']:.1f} points. "
     )
-    if c["manual_better"]:
-        text += f"Better than full: {', '.join(f'`{x}`' for x in c['manual_better'])}. "
-    if c["manual_similar"]:
-        text += f"Within noise of full: {', '.join(f'`{x}`' for x in c['manual_similar'])}. "
-    return text + f"**Verdict on `{a.dataset}`: {c['verdict']}.**\n"
+    if c["layers_matter"]:
+        lm = c["layers_matter"]
+        text += (
+            f"The best manual strategy by held-out accuracy minus the worst: "
+            f"{lm['diff'].fmt()} points, **{lm['outcome']}** (which units are tuned "
+            + ("matters" if lm["outcome"] == "better" else "is not shown to matter")
+            + ").\n"
+        )
+    text += "\nEvery manual strategy against full fine-tuning (informative):\n\n"
+    text += _verdict_table(c["manual_vs_full"])
+    return text + "\n" + _verdict_line(a, c)
 
 
 def _claim2_text(a: DatasetAnalysis) -> str:
     c = a.verdicts["claim2"]
     if "best_topk" not in c:
         return "No `angle_topk` runs.\n"
-    d_full, w_full = c["vs_full"]
-    d_man, w_man = c["vs_best_manual"]
     text = (
-        f"The best `angle_topk` setting by held-out accuracy, `{c['best_topk']}`, is "
-        f"**{_than(w_full)}** full fine-tuning ({d_full:+.1f} points) and {_than(w_man)} the best "
-        f"manual strategy by held-out accuracy, `{c['best_manual']}` ({d_man:+.1f}). "
+        f"Deciding comparisons: the best `angle_topk` setting by held-out accuracy, "
+        f"`{c['best_topk']}`, against full fine-tuning and against the best manual strategy "
+        f"by held-out accuracy, `{c['best_manual']}`:\n\n"
     )
-    for k, v in c["orders"].items():
-        text += (
-            f"At K={k}, smallest-angle units minus largest-angle units: "
-            f"{v['smallest_minus_largest']:+.1f} points ({v['word']}). "
-        )
-    for label, comps in c["same_budget"].items():
-        bits = [f"{_than(w)} `{m}` ({d:+.1f})" for m, (d, w) in comps.items()]
-        text += f"With the same tuned parameters, `{label}` is {', '.join(bits)}. "
-    return text + f"**Verdict on `{a.dataset}`: {c['verdict']}.**\n"
+    text += _verdict_table(c["deciding"])
+    if c["orders"]:
+        text += "\nSmallest-angle units against largest-angle units, per K (informative):\n\n"
+        text += _verdict_table(c["orders"])
+    if c["same_budget"]:
+        text += "\nThe same tuned parameters as a half-depth strategy (informative):\n\n"
+        text += _verdict_table(c["same_budget"])
+    return text + "\n" + _verdict_line(a, c)
 
 
 def _stability(a: DatasetAnalysis) -> str:
@@ -309,20 +434,36 @@ def _claim3_text(a: DatasetAnalysis) -> str:
     c = a.verdicts["claim3"]
     if not c.get("rows"):
         return "No soups.\n"
-    return (
-        f"The soup method chosen on held-out accuracy beats the best ingredient (also chosen "
-        f"on held-out) on test in {c['wins_test']} of {c['soups']} soups and on the shift "
-        f"sets in {c['wins_shift']} of {c['soups']}. "
-        f"**Verdict on `{a.dataset}`: {c['verdict']}.**\n"
+    text = (
+        "Deciding comparisons: each soup of partially fine-tuned ingredients against the soup "
+        "of fully fine-tuned ones with the same number of ingredients, under every merge "
+        f"method of the lab ({', '.join(c['methods'])}), on test and on the shift sets. A "
+        "soup is one model, so its interval is a noise interval: t quantile × the "
+        "seed-to-seed standard deviation of single runs of both sides (each at least the "
+        "sampling standard deviation of an accuracy on the test set), combined. Merge "
+        "methods that equal the uniform soup on both sides are not repeated. A pair "
+        "supports the claim when both accuracies do (better, or equivalent with fewer tuned "
+        "parameters).\n\n"
     )
+    comps = [x for p in c["pairs"] for x in p["comps"].values()]
+    text += _verdict_table(comps)
+    if c["unmatched"]:
+        text += (
+            "\nNot compared (ingredient count differs from the full soup's): "
+            + ", ".join(f"`{n}`" for n in c["unmatched"])
+            + ".\n"
+        )
+    text += "\nEvery soup against its best ingredient (by held-out; informative):\n\n"
+    text += _verdict_table(c["vs_best"])
+    return text + "\n" + _verdict_line(a, c)
 
 
 def _summary(analyses: Sequence[DatasetAnalysis]) -> str:
     paper = {
         "claim1": "ATTN-only 93.84 and FFN-only 93.98 vs full 93.51 (CIFAR-100, ViT-B/16)",
         "claim2": "FAPFT 94.30 with 49.69M of 85.88M parameters (CIFAR-100)",
-        "claim3": "soups of partially fine-tuned models beat their ingredients (no numbers "
-        "in our summary of the paper)",
+        "claim3": "soups of partially fine-tuned models: better accuracy and generalisation "
+        "with fewer tuned parameters (no numbers in our summary of the paper)",
     }
     names = {
         "claim1": "1. Partial beats full, and which layers matter",
@@ -333,7 +474,11 @@ def _summary(analyses: Sequence[DatasetAnalysis]) -> str:
     for key, title in names.items():
         ours = "; ".join(f"`{a.dataset}`: {a.verdicts[key]['verdict']}" for a in analyses)
         rows.append([title, paper[key], ours])
-    return _table(["claim", "paper", "our verdict"], rows)
+    text = _table(["claim", "paper", "our verdict"], rows)
+    for a in analyses:
+        if a.guard and not a.guard["ok"]:
+            text += f"\nNo verdict on `{a.dataset}`: {'; '.join(a.guard['reasons'])}.\n"
+    return text
 
 
 def write_report(
@@ -358,22 +503,27 @@ def write_report(
         out.append(meta["preamble"] + "\n")
     out.append("## The three claims at a glance\n")
     out.append(_summary(analyses))
+    margin = getattr(preset, "margin", 0.01)
+    out.append("\n" + OUTCOMES_TEXT.format(level=f"{LEVEL:.0%}", margin=f"{100 * margin:.1f}"))
     out.append(_setup(preset, meta))
     for a in analyses:
         figs = figures.get(a.dataset, {})
         out.append(f"## `{a.dataset}`\n")
+        out.append(_guard_text(a))
         out.append("### Claim 1: partial against full fine-tuning\n")
         out.append(
-            "Mean ± sample standard deviation over seeds at the chosen learning rate; "
+            "Mean ± sample standard deviation over the reported seeds at the chosen learning rate; "
             "★ marks the Pareto front (no strategy has fewer tuned parameters and a "
             "higher mean test accuracy). Shift accuracy is the mean over the shift sets.\n"
         )
         out.append(_strategy_table(a))
+        out.append(_plateau_text(a))
         out.append(_link(figs.get("accuracy"), path, f"{a.dataset} accuracy vs parameters"))
         out.append(_claim1_text(a))
         out.append(
-            "\nHeld-out accuracy (%) of the learning-rate grid (seed 0); the best rate "
-            "per strategy is used for the table above:\n"
+            f"\nHeld-out accuracy (%) of the learning-rate grid (selection seed "
+            f"{SELECTION_SEED}, not reported); the best rate per strategy is used for the "
+            "table above:\n"
         )
         out.append(_lr_table(a))
         out.append("\n### Claim 2: fine-tuned angles\n")
@@ -387,7 +537,9 @@ def write_report(
         out.append("\n### Claim 3: soups\n")
         out.append(
             "Cells are test / mean shift accuracy (%). Ingredients share the pre-trained "
-            "start and head initialisation and differ in seed and learning rate; the "
+            "start and head initialisation; each soup has the reported seeds' runs at the "
+            "chosen learning rate (the mixed soup alternates its strategies over the seeds), "
+            "so every soup has the same number of ingredients; the "
             "greedy soup adds ingredients in held-out order while held-out accuracy "
             "strictly rises. Masked soups average each tensor only over the ingredients "
             "that tuned it (identical to uniform when all tuned the same tensors).\n"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pft.reproduce.plan import RunSpec
+from pft.reproduce.plan import SELECTION_SEED, RunSpec, ladder
 
 
 @dataclass
@@ -90,12 +90,18 @@ def load_soups(root: Path, dataset: str) -> list[dict[str, Any]]:
     ]
 
 
+def is_selection(r: Record) -> bool:
+    """A run of the learning-rate grid: the selection seed, never reported."""
+    return r.spec.seed == SELECTION_SEED and r.spec.phase != "cheap"
+
+
 def choose_lrs(records: Iterable[Record]) -> dict[str, float]:
-    """The learning rate per strategy label with the best seed-0 held-out accuracy (ties: lower
-    held-out loss, then the smaller rate). Test accuracy is never looked at."""
+    """The learning rate per strategy label with the best held-out accuracy of the selection
+    seed (ties: lower held-out loss, then the smaller rate). Test accuracy is never looked at,
+    and no reported seed takes part."""
     best: dict[str, tuple[tuple[float, float, float], float]] = {}
     for r in records:
-        if r.spec.seed != 0 or r.spec.phase == "cheap":
+        if not is_selection(r):
             continue
         key = (-r.heldout, float(r.summary["heldout_loss"]), r.spec.lr)
         if r.label not in best or key < best[r.label][0]:
@@ -104,8 +110,55 @@ def choose_lrs(records: Iterable[Record]) -> dict[str, float]:
 
 
 def main_records(records: Iterable[Record], chosen: dict[str, float]) -> list[Record]:
-    """The runs at each label's chosen learning rate (every seed; no cheap runs)."""
-    return [r for r in records if r.spec.phase != "cheap" and chosen.get(r.label) == r.spec.lr]
+    """The reported runs: each label's chosen learning rate, every reported seed (neither the
+    selection seed nor cheap runs)."""
+    return [
+        r
+        for r in records
+        if r.spec.phase != "cheap" and not is_selection(r) and chosen.get(r.label) == r.spec.lr
+    ]
+
+
+def tried_rates(records: Iterable[Record]) -> dict[str, list[float]]:
+    """The learning rates each label tried with the selection seed, sorted."""
+    out: dict[str, set[float]] = {}
+    for r in records:
+        if is_selection(r):
+            out.setdefault(r.label, set()).add(r.spec.lr)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def at_edge(records: Iterable[Record]) -> dict[str, str]:
+    """Labels whose chosen rate is the largest ("top") or smallest ("bottom") they tried; a
+    single-rate grid is at both edges ("both")."""
+    records = list(records)
+    chosen, tried = choose_lrs(records), tried_rates(records)
+    out = {}
+    for label, lrs in tried.items():
+        lr = chosen[label]
+        if len(lrs) == 1:
+            out[label] = "both"
+        elif lr == lrs[-1]:
+            out[label] = "top"
+        elif lr == lrs[0]:
+            out[label] = "bottom"
+    return out
+
+
+def widen(records: Iterable[Record]) -> list[RunSpec]:
+    """The next grid runs: one ladder step past the edge where each label's chosen rate lies
+    (both ways for a single-rate grid). Empty when every chosen rate is inside its grid."""
+    records = list(records)
+    tried = tried_rates(records)
+    template = {r.label: r.spec for r in records if is_selection(r)}
+    out = []
+    for label, edge in at_edge(records).items():
+        lrs = tried[label]
+        if edge in ("top", "both"):
+            out.append(replace(template[label], lr=ladder(lrs[-1], up=True)))
+        if edge in ("bottom", "both"):
+            out.append(replace(template[label], lr=ladder(lrs[0], up=False)))
+    return out
 
 
 def mean_angles(records: Sequence[Record]) -> dict[str, float]:
