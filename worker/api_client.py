@@ -56,7 +56,7 @@ class WorkerApi(httpx.Client):
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() + delay > deadline:
-                raise ApiUnreachable(f"{method} {self.base_url}{path}: {problem}")
+                raise ApiUnreachable(f"{method} {path}: {problem}")
             log.info("%s %s: %s; retrying in %.1f s", method, path, problem, delay)
             time.sleep(delay)
             delay = min(2 * delay, self._backoff_max_s)

@@ -140,10 +140,24 @@ def _choose(page: Any, key: str, option_text: str) -> None:
     page.get_by_role("option").filter(has_text=option_text).first.click()
 
 
+def _settle(page: Any) -> None:
+    """Waits until the script is not rerunning (Streamlit's "Running..." status is gone)."""
+    page.wait_for_timeout(300)  # a rerun the last input triggered shows its status first
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
+
+
 def _set_number(page: Any, key: str, value: str) -> None:
+    """Types ``value`` into a number box, as a user would: after the page has settled, and
+    again if a rerun that was already under way redrew the box with its old value."""
     box = page.locator(f".st-key-{key} input")
-    box.fill(value)
-    box.press("Enter")
+    for _ in range(5):
+        _settle(page)
+        box.fill(value)
+        box.press("Enter")
+        _settle(page)
+        if box.input_value() == value:
+            return
+    _fail_with_page(page, f"the {key} box kept {box.input_value()!r} instead of {value!r}")
 
 
 def _button(page: Any, key: str) -> Any:
