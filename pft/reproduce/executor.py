@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pft.checkpoint import write_json
 from pft.reproduce.plan import (
     FULL,
+    STUDY_SOUPS,
     Preset,
     RunSpec,
     Target,
@@ -37,6 +38,7 @@ from pft.reproduce.results import (
     mean_angles,
     run_dir,
     soup_path,
+    widen,
 )
 from pft.reproduce.souping import soup_runs
 
@@ -44,7 +46,16 @@ Log = Callable[[str], None]
 
 
 class Study:
-    """One study folder: runs the preset's phases and records what it chose."""
+    """One study folder: runs the preset's phases and records what it chose.
+
+    The learning rate is chosen on an unreported seed, grids widen until the chosen rate is
+    inside them, and soups have matched ingredient counts.
+
+    Learning rates: every grid run uses `plan.SELECTION_SEED`; the reported seeds 0.. run at
+    the rate chosen on its held-out accuracy. Soups: each strategy's soup has the reported
+    seeds' runs as ingredients (``seeds`` of them, whatever the strategy), so partial and full
+    soups are compared at the same ingredient count.
+    """
 
     def __init__(
         self,
@@ -75,26 +86,6 @@ class Study:
             self.bar.close()
         return self.state
 
-    def _target(self, t: Target) -> dict[str, Any]:
-        p = self.preset
-        grid = self._runs(grid_runs(p, t))
-        chosen = choose_lrs(grid)
-        seeds = self._runs(seed_runs(p, t, chosen))
-        fulls = [r for r in main_records(grid + seeds, chosen) if r.label == FULL]
-        reference = mean_angles(fulls)  # the average ranking of the chosen full runs
-        angle_grid = self._runs(angle_grid_runs(p, t), reference)
-        chosen |= choose_lrs(angle_grid)
-        angle_seeds = self._runs(angle_seed_runs(p, t, chosen), reference)
-        cheap = self._runs(cheap_runs(p, t, chosen[FULL]))
-        records = grid + seeds + angle_grid + angle_seeds
-        soups = self._soups(t, records, chosen)
-        return {
-            "chosen_lr": chosen,
-            "reference_angles": reference,
-            "runs": [r.spec.run_id for r in records + cheap],
-            "soups": soups,
-        }
-
     def _runs(
         self, specs: Sequence[RunSpec], angles: dict[str, float] | None = None
     ) -> list[Record]:
@@ -119,20 +110,56 @@ class Study:
         self.bar.update(1)
         return record
 
+    def _grid(self, specs: list[RunSpec], angles: dict[str, float] | None = None) -> list[Record]:
+        records = self._runs(specs, angles)
+        for _ in range(self.preset.widen):
+            extra = widen(records)
+            if not extra:
+                break
+            records += self._runs(extra, angles)
+        return records
+
+    def _target(self, t: Target) -> dict[str, Any]:
+        p = self.preset
+        grid = self._grid(grid_runs(p, t))
+        chosen = choose_lrs(grid)
+        seeds = self._runs(seed_runs(p, t, chosen))
+        fulls = [r for r in main_records(seeds, chosen) if r.label == FULL]
+        reference = mean_angles(fulls)  # the average ranking of the reported full runs
+        angle_grid = self._grid(angle_grid_runs(p, t), reference)
+        chosen |= choose_lrs(angle_grid)
+        angle_seeds = self._runs(angle_seed_runs(p, t, chosen), reference)
+        cheap = self._runs(cheap_runs(p, t, chosen[FULL]))
+        records = grid + seeds + angle_grid + angle_seeds
+        soups = self._soups(t, main_records(seeds + angle_seeds, chosen), chosen)
+        return {
+            "chosen_lr": chosen,
+            "reference_angles": reference,
+            "runs": [r.spec.run_id for r in records + cheap],
+            "soups": soups,
+        }
+
     def _soups(self, t: Target, records: list[Record], chosen: dict[str, float]) -> list[str]:
+        n = self.preset.seeds
         groups = {s: [r for r in records if r.label == s] for s in self.preset.soup_strategies}
-        mixed = main_records([r for r in records if r.label in self.preset.mixed_soup], chosen)
-        if len({r.label for r in mixed}) > 1:
-            groups["mixed " + "+".join(self.preset.mixed_soup)] = mixed
+        # The mixed soup alternates its strategies over the seeds: n ingredients too.
+        mix = self.preset.mixed_soup
+        by = {(r.label, r.spec.seed): r for r in records if r.label in mix}
+        mixed = [by.get((mix[i % len(mix)], i)) for i in range(n)]
+        if all(mixed) and len({r.label for r in mixed}) > 1:
+            groups["mixed " + "+".join(mix)] = mixed
         names = []
         for name, ingredients in groups.items():
             if len(ingredients) < 2:
                 continue
             path = soup_path(self.root, t.dataset, name.replace(" ", "_").replace("+", "-"))
             ids = [r.spec.run_id for r in ingredients]
-            if path.is_file() and json.loads(path.read_text()).get("ingredients") == ids:
-                names.append(name)
-                continue
+            if path.is_file():
+                old = json.loads(path.read_text())
+                methods = [m for m in old if m in STUDY_SOUPS]
+                if old.get("ingredients") == ids and set(methods) == set(STUDY_SOUPS):
+                    names.append(name)
+                    continue
             self.bar.set_postfix_str(f"{t.dataset} soup {name}")
             write_json(path, soup_runs(name, ingredients, self.preset.shifts, self.device))
             names.append(name)

@@ -9,116 +9,21 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from pft.checkpoint import write_json
 from pft.errors import PftError
 from pft.reproduce.analysis import DatasetAnalysis, analyse_dataset
 from pft.reproduce.estimate import dataset_sizes, estimate_seconds, measure_rates
-from pft.reproduce.executor import Log, Study
+from pft.reproduce.executor import Log, run_study
 from pft.reproduce.plan import (
-    FULL,
     FULL_PRESET,
     PRESETS,
-    STUDY_SOUPS,
     Preset,
-    RunSpec,
-    Target,
-    angle_grid_runs,
-    angle_seed_runs,
-    cheap_runs,
     count_plan,
-    grid_runs,
-    seed_runs,
 )
 from pft.reproduce.report import write_report
 from pft.reproduce.results import (
-    Record,
-    choose_lrs,
     load_records,
     load_soups,
-    main_records,
-    mean_angles,
-    soup_path,
-    widen,
 )
-from pft.reproduce.souping import soup_runs
-
-
-class ReproStudy(Study):
-    """The study's phases with the learning rate chosen on an unreported seed, grids that widen
-    until the chosen rate is inside them, and soups of matched ingredient counts.
-
-    Learning rates: every grid run uses `plan.SELECTION_SEED`; the reported seeds 0.. run at
-    the rate chosen on its held-out accuracy. Soups: each strategy's soup has the reported
-    seeds' runs as ingredients (``seeds`` of them, whatever the strategy), so partial and full
-    soups are compared at the same ingredient count.
-    """
-
-    def _grid(self, specs: list[RunSpec], angles: dict[str, float] | None = None) -> list[Record]:
-        records = self._runs(specs, angles)
-        for _ in range(self.preset.widen):
-            extra = widen(records)
-            if not extra:
-                break
-            records += self._runs(extra, angles)
-        return records
-
-    def _target(self, t: Target) -> dict[str, Any]:
-        p = self.preset
-        grid = self._grid(grid_runs(p, t))
-        chosen = choose_lrs(grid)
-        seeds = self._runs(seed_runs(p, t, chosen))
-        fulls = [r for r in main_records(seeds, chosen) if r.label == FULL]
-        reference = mean_angles(fulls)  # the average ranking of the reported full runs
-        angle_grid = self._grid(angle_grid_runs(p, t), reference)
-        chosen |= choose_lrs(angle_grid)
-        angle_seeds = self._runs(angle_seed_runs(p, t, chosen), reference)
-        cheap = self._runs(cheap_runs(p, t, chosen[FULL]))
-        records = grid + seeds + angle_grid + angle_seeds
-        soups = self._soups(t, main_records(seeds + angle_seeds, chosen), chosen)
-        return {
-            "chosen_lr": chosen,
-            "reference_angles": reference,
-            "runs": [r.spec.run_id for r in records + cheap],
-            "soups": soups,
-        }
-
-    def _soups(self, t: Target, records: list[Record], chosen: dict[str, float]) -> list[str]:
-        n = self.preset.seeds
-        groups = {s: [r for r in records if r.label == s] for s in self.preset.soup_strategies}
-        # The mixed soup alternates its strategies over the seeds: n ingredients too.
-        mix = self.preset.mixed_soup
-        by = {(r.label, r.spec.seed): r for r in records if r.label in mix}
-        mixed = [by.get((mix[i % len(mix)], i)) for i in range(n)]
-        if all(mixed) and len({r.label for r in mixed}) > 1:
-            groups["mixed " + "+".join(mix)] = mixed
-        names = []
-        for name, ingredients in groups.items():
-            if len(ingredients) < 2:
-                continue
-            path = soup_path(self.root, t.dataset, name.replace(" ", "_").replace("+", "-"))
-            ids = [r.spec.run_id for r in ingredients]
-            if path.is_file():
-                old = json.loads(path.read_text())
-                methods = [m for m in old if m in STUDY_SOUPS]
-                if old.get("ingredients") == ids and set(methods) == set(STUDY_SOUPS):
-                    names.append(name)
-                    continue
-            self.bar.set_postfix_str(f"{t.dataset} soup {name}")
-            write_json(path, soup_runs(name, ingredients, self.preset.shifts, self.device))
-            names.append(name)
-        return names
-
-
-def run_study(
-    preset: Preset,
-    root: Path,
-    *,
-    device: str | None = None,
-    progress: bool = True,
-    log: Log | None = None,
-) -> dict[str, Any]:
-    """Runs (or resumes) every phase of ``preset`` under ``root``; returns ``study.json``."""
-    return ReproStudy(preset, root, device=device, progress=progress, log=log).run()
 
 
 def shown(path: Path) -> str:

@@ -2,7 +2,7 @@
 
 A preset fixes the backbone, the targets, the budget (epochs, seeds), the learning-rate grid of
 each strategy family and the ``angle_topk`` sweep. The phases (run by
-`pft.reproduce.pipeline.ReproStudy` on the resumable `pft.reproduce.executor.Study`):
+the resumable `pft.reproduce.executor.Study`):
 
 1. ``grid``: every base strategy (full, linear probe, the paper's eight) at every learning rate
    of its family's grid, with the selection seed ``SELECTION_SEED``, which is never reported;

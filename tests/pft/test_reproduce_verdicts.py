@@ -302,11 +302,11 @@ def test_seeds_that_tie_exactly_do_not_give_a_zero_width_interval():
 def test_the_study_widens_grids_selects_on_an_unreported_seed_and_matches_soups(
     tmp_path, monkeypatch
 ):
-    """The phases of `ReproStudy` with training and souping stubbed out: held-out accuracy
+    """The phases of `executor.Study` with training and souping stubbed out: held-out accuracy
     peaks at lr 1e-2 for every strategy, which the grids (quick: 1e-3 .. 3e-3) must reach."""
     from dataclasses import replace
 
-    from pft.reproduce import pipeline
+    from pft.reproduce import executor
 
     def fake_run(self, spec, angles):
         heldout = 0.9 - 0.1 * abs(math.log10(spec.lr) + 2)
@@ -330,10 +330,10 @@ def test_the_study_widens_grids_selects_on_an_unreported_seed_and_matches_soups(
         made[name] = [(r.label, r.spec.seed, r.spec.lr) for r in ingredients]
         return {"name": name, "ingredients": [r.spec.run_id for r in ingredients]}
 
-    monkeypatch.setattr(pipeline.ReproStudy, "_run", fake_run)
-    monkeypatch.setattr(pipeline, "soup_runs", fake_soup)
+    monkeypatch.setattr(executor.Study, "_run", fake_run)
+    monkeypatch.setattr(executor, "soup_runs", fake_soup)
     preset = replace(get_preset("quick"), widen=3)
-    state = pipeline.run_study(preset, tmp_path, progress=False)["targets"]["synthetic"]
+    state = executor.run_study(preset, tmp_path, progress=False)["targets"]["synthetic"]
     assert set(state["chosen_lr"].values()) == {1e-2}  # inside every widened grid
     runs = state["runs"]
     assert "full-lr0.03-s1000-e2" in runs and "full-lr0.01-s0-e2" in runs
