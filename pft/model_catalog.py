@@ -35,6 +35,11 @@ ALLOWED_OVERRIDES = (
     "num_heads",
     "in_chans",
     "mlp_ratio",
+    "depths",  # hierarchical models (Swin, ConvNeXt): blocks per stage
+    "dims",  # ConvNeXt: channels per stage
+    "window_size",
+    "drop_path_rate",
+    "drop_rate",
 )
 
 
@@ -106,6 +111,12 @@ CATALOG: dict[str, ModelSpec] = {
             "swin_base_patch4_window7_224.ms_in22k",
             "Swin-B, ImageNet-22k (the paper's hierarchical model)",
         ),
+        ModelSpec(
+            "convnext_base.fb_in22k",
+            "convnext_base.fb_in22k",
+            "ConvNeXt-B, ImageNet-22k (the paper's convolutional model; one BLOCK unit per "
+            "block, 4 stage groups)",
+        ),
     ]
 }
 
@@ -169,10 +180,10 @@ def check_overrides(spec: ModelSpec) -> None:
             "(and at least as large)"
         )
     dim, heads = o.get("embed_dim"), o.get("num_heads")
-    if dim is not None and heads is not None and dim % heads:
+    if isinstance(dim, int) and isinstance(heads, int) and dim % heads:
         raise PftError(f"model_overrides: embed_dim {dim} must be divisible by num_heads {heads}")
     ratio = o.get("mlp_ratio")
-    if ratio is not None and dim is not None and int(dim * ratio) < 1:
+    if ratio is not None and isinstance(dim, int) and int(dim * ratio) < 1:
         raise PftError(f"model_overrides: mlp_ratio {ratio} leaves the MLP with no hidden units")
 
 

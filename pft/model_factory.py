@@ -92,6 +92,55 @@ def create_model(
         ) from exc
 
 
+def matching_models(pattern: str) -> list[str]:
+    """timm names matching a shell-style ``pattern`` (architectures; tagged names when the
+    pattern has a dot), sorted."""
+    import fnmatch
+
+    from pft.model_catalog import timm_names
+
+    tagged = "." in pattern
+    names = [n for n in timm_names() if ("." in n) == tagged]
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def check_model(name: str, num_classes: int = 100) -> dict[str, Any]:
+    """Whether ``name`` maps onto units, built on the meta device: ``{"model", "mapped",
+    "reason", "depth", "groups": {group: units}, "total_params", "tuned_params": {strategy:
+    count}, "not_applicable": [strategy]}``; a refused model has ``reason`` and no counts."""
+    from pft.model_catalog import named_shapes_from_table
+    from pft.strategies import STRATEGIES, preview_strategy, previewable, suggested_params
+    from pft.units import build_unit_map
+
+    row: dict[str, Any] = {"model": name, "mapped": False, "reason": None}
+    try:
+        table = compute_shape_table(get_spec(name))
+        um = build_unit_map(
+            named_shapes_from_table(table, num_classes), model=name, num_classes=num_classes
+        )
+    except PftError as exc:
+        return row | {"reason": str(exc)}
+    except Exception as exc:  # timm cannot build it on the meta device
+        return row | {"reason": f"timm could not build it ({type(exc).__name__}: {exc})"}
+    tuned, skipped = {}, []
+    for sname, strategy in STRATEGIES.items():
+        if not strategy.applies(um):
+            skipped.append(sname)
+            continue
+        params = suggested_params(um, sname)
+        if not previewable(sname, params):
+            continue
+        tuned[sname] = preview_strategy(um, sname, **params).tuned_params
+    return row | {
+        "mapped": True,
+        "depth": um.depth,
+        "groups": {g: len(us) for g, us in um.groups.items()},
+        "total_params": um.total_params,
+        "tuned_params": tuned,
+        "not_applicable": skipped,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write-shipped", action="store_true")

@@ -8,7 +8,14 @@ explicit set of units.
 
 Every strategy tunes the head. The stem (patch embedding, tokens, position embedding) and the
 final norm are tuned only by ``full``. With an odd depth D, the "first half" is the first
-floor(D/2) blocks and the "last half" the remaining ceil(D/2).
+floor(D/2) blocks and the "last half" the remaining ceil(D/2). A model whose blocks have one
+residual branch (ConvNeXt: one ``BLOCK`` unit per block) has no ATTN or FFN units: the
+ATTN/FFN strategies refuse it naming the strategies that apply (``full``, ``linear_probe``,
+``blocks_first_half``, ``blocks_last_half``, ``angle_topk``, ``custom``).
+
+``angle_topk`` tunes K units per group: ``k`` for every group (a K larger than a group takes the
+whole group; the preview says so), or ``k_groups``: a fraction of each group (``0.5``: half of
+each group, rounded, at least one unit) or ``{group: k}`` for every group.
 
 A strategy declares its parameters (`StrategyParam`: kind, range, default, help) and checks
 them itself; everything else (the API's request schema and catalogue, the CLI's options, the
@@ -19,6 +26,8 @@ lab: ``reference_job`` names a job whose final unit angles become ``angles``
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +38,7 @@ from pft.units import UnitMap
 ORDERS = ("largest", "smallest")
 FULL_FINETUNING = "full"  # tunes every tensor: pre-training and reference runs use it
 DEFAULT_STRATEGY = FULL_FINETUNING
-PARAM_KINDS = ("int", "float", "choice", "units", "angles", "job")
+PARAM_KINDS = ("int", "float", "choice", "units", "angles", "job", "group_k")
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,37 @@ def _check_job(p: StrategyParam, value: Any, _: UnitMap | None) -> int:
     return value
 
 
+def _check_group_k(p: StrategyParam, value: Any, um: UnitMap | None) -> float | dict[str, int]:
+    """A fraction in (0, 1] of each group, or {group: k >= 1} naming every group; text (from a
+    form) is read as JSON."""
+    accepted = "a fraction in (0, 1] of each group, or a mapping {group: k} with k >= 1"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise p._fail(accepted, value) from None
+    if (_is_int(value) or isinstance(value, float)) and not isinstance(value, bool):
+        if not 0 < value <= 1:
+            raise p._fail(accepted, value)
+        return float(value)
+    if not isinstance(value, Mapping) or not all(
+        isinstance(g, str) and _is_int(k) and k >= 1 for g, k in value.items()
+    ):
+        raise p._fail(accepted, value)
+    if um is not None:
+        groups = list(um.groups)
+        unknown = [g for g in value if g not in groups]
+        missing = [g for g in groups if g not in value]
+        if unknown or missing:
+            what = f"unknown group {unknown[0]!r}" if unknown else f"group {missing[0]!r} missing"
+            raise PftError(
+                f"{p.name}: {what}; the groups of {um.model} are {', '.join(groups)}",
+                field=p.name,
+            )
+        return {g: int(value[g]) for g in groups}
+    return dict(value)
+
+
 _KIND_CHECKS: dict[str, Callable[[StrategyParam, Any, UnitMap | None], Any]] = {
     "int": lambda p, v, _: _check_number(p, v, integer=True),
     "float": lambda p, v, _: _check_number(p, v, integer=False),
@@ -141,6 +181,7 @@ _KIND_CHECKS: dict[str, Callable[[StrategyParam, Any, UnitMap | None], Any]] = {
     "units": _check_units,
     "angles": _check_angles,
     "job": _check_job,
+    "group_k": _check_group_k,
 }
 
 
@@ -189,6 +230,13 @@ class Strategy:
     # Its runs move every unit, so their final angles can rank units (a valid reference run);
     # units a partial run froze have an angle of exactly 0: no ranking information.
     measures_all: bool = False
+    # The unit kinds it selects from (None: every kind); a model without them is refused.
+    kinds: tuple[str, ...] | None = None
+    # Parameters of which one must be given (the first is asked for when none is).
+    one_of: tuple[str, ...] = ()
+
+    def applies(self, um: UnitMap) -> bool:
+        return self.kinds is None or any(k in um.kinds for k in self.kinds)
 
     def param(self, name: str) -> StrategyParam:
         for p in self.params:
@@ -201,7 +249,10 @@ class Strategy:
 
     def missing(self, params: Mapping[str, Any]) -> list[StrategyParam]:
         """Required parameters without a value in ``params``."""
-        return [p for p in self.params if p.required and params.get(p.name) is None]
+        out = [p for p in self.params if p.required and params.get(p.name) is None]
+        if self.one_of and all(params.get(n) is None for n in self.one_of):
+            out.insert(0, self.param(self.one_of[0]))
+        return out
 
     def _missing_error(self, p: StrategyParam) -> PftError:
         asker = next((q for q in self.params if q.fills == p.name), None)
@@ -210,13 +261,29 @@ class Strategy:
                 f"strategy {self.name!r} needs {asker.name}: {asker.description}",
                 field=asker.name,
             )
+        if p.name in self.one_of:
+            others = " or ".join(self.one_of[1:])
+            return PftError(
+                f"strategy {self.name!r} needs {p.name}: {p.description} (or {others})",
+                field=p.name,
+            )
         return PftError(f"strategy {self.name!r} needs {p.name}: {p.description}", field=p.name)
 
     def validate(self, um: UnitMap, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters checked against ``um``, with defaults filled in (PftError otherwise)."""
-        return check_params(
+        if not self.applies(um):
+            fits = [s.name for s in _ALL if s.applies(um)]
+            raise PftError(
+                f"strategy {self.name!r} tunes {'/'.join(self.kinds or ())} units, and {um.model} "
+                f"has only {'/'.join(um.kinds)} units; strategies that apply: {', '.join(fits)}",
+                field="name",
+            )
+        out = check_params(
             f"strategy {self.name!r}", self.params, params, um, missing=self._missing_error
         )
+        for p in self.missing(out):
+            raise self._missing_error(p)
+        return out
 
 
 @dataclass(frozen=True)
@@ -232,6 +299,7 @@ class Selection:
     # True for a preview whose units depend on a value the lab fills at launch (a reference
     # job's angles) that was not given: the counts are exact, the unit names a placeholder.
     provisional: bool = False
+    notes: tuple[str, ...] = ()  # e.g. a K larger than a group that takes the whole group
 
     @property
     def tuned_fraction(self) -> float:
@@ -247,6 +315,7 @@ class Selection:
             "tuned_fraction": self.tuned_fraction,
             "units": list(self.units),
             "provisional": self.provisional,
+            "notes": list(self.notes),
         }
 
 
@@ -259,10 +328,12 @@ def _half(um: UnitMap, which: str) -> set[int]:
     return set(range(cut)) if which == "first" else set(range(cut, um.depth))
 
 
-def _manual(kinds: tuple[str, ...], blocks: str) -> Callable[[UnitMap, dict], list[str]]:
+def _manual(kinds: tuple[str, ...] | None, blocks: str) -> Callable[[UnitMap, dict], list[str]]:
+    """Units of ``kinds`` (None: every kind) in all blocks or one half."""
+
     def select(um: UnitMap, _: dict) -> list[str]:
         keep = set(range(um.depth)) if blocks == "all" else _half(um, blocks)
-        return [u.name for u in um.units if u.kind in kinds and u.block in keep]
+        return [u.name for u in um.units if (kinds is None or u.kind in kinds) and u.block in keep]
 
     return select
 
@@ -271,16 +342,43 @@ def _smallest_group(um: UnitMap) -> int:
     return min(len(us) for us in um.groups.values())
 
 
+def k_per_group(um: UnitMap, p: Mapping[str, Any]) -> dict[str, int]:
+    """The K of each group: ``k_groups`` (a fraction or {group: k}) when given, else ``k``;
+    never more than the group holds."""
+    spec = p.get("k_groups")
+    out = {}
+    for group, units in um.groups.items():
+        if isinstance(spec, Mapping):
+            k = int(spec[group])
+        elif spec is not None:
+            k = max(1, math.floor(float(spec) * len(units) + 0.5))
+        else:
+            k = int(p["k"])
+        out[group] = min(k, len(units))
+    return out
+
+
+def _topk_notes(um: UnitMap, p: Mapping[str, Any]) -> list[str]:
+    if p.get("k_groups") is not None or p.get("k") is None:
+        return []
+    return [
+        f"k={p['k']} is more than the {len(us)} units of group {g}: the whole group is tuned"
+        for g, us in um.groups.items()
+        if p["k"] > len(us)
+    ]
+
+
 def _angle_topk(um: UnitMap, p: dict) -> list[str]:
     angles: Mapping[str, float] = p["angles"]
-    k, order = p["k"], p["order"]
+    order = p["order"]
+    ks = k_per_group(um, p)
     chosen = []
-    for units in um.groups.values():
+    for group, units in um.groups.items():
         ranked = sorted(
             units,
             key=lambda u: (-angles[u.name] if order == "largest" else angles[u.name], u.block),
         )
-        chosen += [u.name for u in ranked[:k]]
+        chosen += [u.name for u in ranked[: ks[group]]]
     return chosen
 
 
@@ -292,11 +390,14 @@ _TOPK_PARAMS = (
     StrategyParam(
         "k",
         "int",
-        "units tuned per group",
+        "units tuned per group (more than a group holds: the whole group)",
         minimum=1,
-        required=True,
         suggest=lambda um: max(1, _smallest_group(um) // 2),
-        maximum_for=_smallest_group,
+    ),
+    StrategyParam(
+        "k_groups",
+        "group_k",
+        "instead of k: a fraction of each group (0.5) or {group: k} for every group",
     ),
     StrategyParam(
         "order",
@@ -324,47 +425,63 @@ _ALL: list[Strategy] = [
     Strategy(
         FULL_FINETUNING,
         "Tune every parameter (full fine-tuning)",
-        _manual(("ATTN", "FFN"), "all"),
+        _manual(None, "all"),
         tunes_stem=True,
         measures_all=True,
     ),
     Strategy("linear_probe", "Tune only the new classifier head", lambda um, p: []),
-    Strategy("attn_only", "Tune every ATTN unit (+ head)", _manual(("ATTN",), "all"), paper=True),
-    Strategy("ffn_only", "Tune every FFN unit (+ head)", _manual(("FFN",), "all"), paper=True),
+    Strategy(
+        "attn_only",
+        "Tune every ATTN unit (+ head)",
+        _manual(("ATTN",), "all"),
+        kinds=("ATTN",),
+        paper=True,
+    ),
+    Strategy(
+        "ffn_only",
+        "Tune every FFN unit (+ head)",
+        _manual(("FFN",), "all"),
+        kinds=("FFN",),
+        paper=True,
+    ),
     Strategy(
         "attn_first_half",
         "Tune ATTN units of the first half of the blocks",
         _manual(("ATTN",), "first"),
+        kinds=("ATTN",),
         paper=True,
     ),
     Strategy(
         "attn_last_half",
         "Tune ATTN units of the last half of the blocks",
         _manual(("ATTN",), "last"),
+        kinds=("ATTN",),
         paper=True,
     ),
     Strategy(
         "ffn_first_half",
         "Tune FFN units of the first half of the blocks",
         _manual(("FFN",), "first"),
+        kinds=("FFN",),
         paper=True,
     ),
     Strategy(
         "ffn_last_half",
         "Tune FFN units of the last half of the blocks",
         _manual(("FFN",), "last"),
+        kinds=("FFN",),
         paper=True,
     ),
     Strategy(
         "blocks_first_half",
-        "Tune ATTN and FFN units of the first half of the blocks",
-        _manual(("ATTN", "FFN"), "first"),
+        "Tune every unit (ATTN and FFN; a ConvNeXt BLOCK) of the first half of the blocks",
+        _manual(None, "first"),
         paper=True,
     ),
     Strategy(
         "blocks_last_half",
-        "Tune ATTN and FFN units of the last half of the blocks",
-        _manual(("ATTN", "FFN"), "last"),
+        "Tune every unit (ATTN and FFN; a ConvNeXt BLOCK) of the last half of the blocks",
+        _manual(None, "last"),
         paper=True,
     ),
     Strategy(
@@ -372,6 +489,7 @@ _ALL: list[Strategy] = [
         "FAPFT: tune the top-K units per group ranked by fine-tuned angle",
         _angle_topk,
         params=_TOPK_PARAMS,
+        one_of=("k", "k_groups"),
     ),
     Strategy(
         "custom",
@@ -413,6 +531,7 @@ def get_strategy(name: str) -> Strategy:
 
 def _selection(um: UnitMap, strategy: Strategy, params: dict, provisional: bool) -> Selection:
     units = sorted(strategy.select(um, params), key=um.unit_names.index)
+    notes = tuple(_topk_notes(um, params)) if strategy.one_of else ()
     if strategy.tunes_stem:
         tensors = list(um.shapes)
     else:
@@ -425,6 +544,7 @@ def _selection(um: UnitMap, strategy: Strategy, params: dict, provisional: bool)
         tuned_params=um.count(tensors),
         total_params=um.total_params,
         provisional=provisional,
+        notes=notes,
     )
 
 
@@ -506,8 +626,8 @@ def catalogue() -> list[dict]:
             if not p.public:
                 continue
             row = p.public_dict()
-            if p.fills and s.param(p.fills).required:
-                row["required"] = True
+            if (p.fills and s.param(p.fills).required) or p.name == next(iter(s.one_of), None):
+                row["required"] = True  # k: required unless k_groups is given
             params.append(row)
         out.append({"name": s.name, "description": s.description, "params": params})
     return out

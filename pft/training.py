@@ -3,8 +3,14 @@
 Only the strategy's tensors require gradients and get AdamW state. AdamW with linear warmup and
 cosine decay, label smoothing and gradient clipping; bf16 autocast, fused AdamW and optional
 ``torch.compile`` on CUDA, fp32 on CPU. Every random draw (data order, augmentation) comes from a
-generator seeded by ``(seed, epoch, step)``, so a run resumed from its state (`pft.run_state`)
-replays exactly the steps an uninterrupted run would take.
+generator seeded by ``(seed, epoch, step)``, and the model's own draws (drop-path, dropout) from
+torch's global RNG seeded by ``(seed, epoch, step)`` before each step (the caller's RNG state is
+restored afterwards), so identical configurations give identical deltas on CPU and a run
+resumed from its state (`pft.run_state`) replays exactly the steps an uninterrupted run would
+take. BatchNorm layers (hybrid CNN stems) keep their pre-trained running statistics: they stay in
+eval mode, so a model rebuilt from the delta evaluates exactly as the trained one. Weight decay
+skips 1-D tensors, tokens and position embeddings, and what the model's ``no_weight_decay()``
+names (relative-position bias tables, ``logit_scale``, ``cpb_mlp``).
 """
 
 from __future__ import annotations
@@ -137,12 +143,31 @@ def _lr_at(step: int, total: int, h: Hparams) -> float:
     return h.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters trained without weight decay: 1-D tensors, tokens and position embeddings,
+    and what the model's ``no_weight_decay()`` names (a parameter, or a module prefix)."""
+    own = getattr(model, "no_weight_decay", None)
+    listed = set(own()) if callable(own) else set()
+    out = set()
+    for name, p in model.named_parameters():
+        leaf = name.split(".")[-1]
+        if (
+            p.ndim <= 1
+            or leaf in NO_DECAY
+            or name in listed
+            or leaf in listed
+            or any(name.startswith(f"{x}.") for x in listed)
+        ):
+            out.add(name)
+    return out
+
+
 def _optimizer(s: _Setup) -> torch.optim.Optimizer:
     decay, no_decay = [], []
+    plain = no_decay_names(s.model)
     for name, p in s.model.named_parameters():
         if p.requires_grad:
-            plain = p.ndim <= 1 or name.split(".")[-1] in NO_DECAY
-            (no_decay if plain else decay).append(p)
+            (no_decay if name in plain else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": s.cfg.hparams.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -155,6 +180,15 @@ def _angles(pre: dict[str, torch.Tensor], model: nn.Module, unit_map: UnitMap):
     finetuned = dict(model.named_parameters())
     pretrained = {n: pre.get(n, p) for n, p in finetuned.items()}
     return compute_angles(pretrained, finetuned, unit_map)
+
+
+def train_mode(model: nn.Module) -> None:
+    """Train mode, except BatchNorm layers: their running statistics stay the pre-trained ones
+    (a delta holds parameters only, so changed statistics could not be rebuilt)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _call(callbacks: Any, name: str, *args: Any) -> Any:
@@ -208,15 +242,34 @@ def train(
     pre = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(s)
-    n = len(s.data.train)
-    steps_per_epoch = math.ceil(n / h.batch_size)
-    total = h.epochs * steps_per_epoch
-    info = dataset_info(cfg.dataset)
-
+    total = h.epochs * math.ceil(len(s.data.train) / h.batch_size)
     st = load_state(out_dir / "state", cfg.to_dict(), model, opt, s.device) or RunState()
     resumed = st.epoch
     fwd = torch.compile(model) if h.compile and s.device.type == "cuda" else model
-    model.train()
+    rng_devices = [s.device.index or 0] if s.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):  # the caller's RNG state is restored
+        _epochs(s, out_dir, st, pre, fwd, tuned, params, opt, callbacks, total)
+    return _finish(s, out_dir, st, pre, resumed)
+
+
+def _epochs(
+    s: _Setup,
+    out_dir: Path,
+    st: RunState,
+    pre: dict[str, torch.Tensor],
+    fwd: Any,
+    tuned: list[str],
+    params: list[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    callbacks: Any,
+    total: int,
+) -> None:
+    """The epochs still to run (every global RNG draw seeded per step, see the docstring)."""
+    cfg, h, model = s.cfg, s.cfg.hparams, s.model
+    n = len(s.data.train)
+    steps_per_epoch = math.ceil(n / h.batch_size)
+    info = dataset_info(cfg.dataset)
+    train_mode(model)
     t_window, n_window = time.perf_counter(), 0
     for epoch in range(st.epoch, h.epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(h.seed, epoch)))
@@ -233,6 +286,7 @@ def train(
                 s.data.train.images[idx], s.data_config, s.device, augment=g, hflip=info.hflip
             )
             y = s.data.train.labels[idx].to(s.device, non_blocking=True)
+            torch.manual_seed(_seed(h.seed, epoch, step, 1))  # drop-path, dropout
             for group in opt.param_groups:
                 group["lr"] = _lr_at(st.global_step, total, h)
             with autocast_for(s.device):
@@ -269,6 +323,7 @@ def train(
         for name in ("heldout", "test"):
             m = evaluate_split(model, s.data.split(name), s.data_config, s.device)
             metrics |= {f"{name}_acc": m["acc"], f"{name}_loss": m["loss"]}
+        train_mode(model)  # evaluation restores plain train mode
         metrics["images_per_sec"] = st.train_images / max(st.train_seconds, 1e-9)
         report = _angles(pre, model, s.unit_map)
         st.history.append(metrics)
@@ -278,7 +333,6 @@ def train(
         st.epoch, st.step_in_epoch, st.loss_sum, st.seen = epoch + 1, 0, 0.0, 0
         save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
         _call(callbacks, "on_epoch", epoch + 1, metrics, report.rows(s.unit_map))
-    return _finish(s, out_dir, st, pre, resumed)
 
 
 def _trajectory(

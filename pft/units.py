@@ -5,8 +5,15 @@ A *unit* is one residual sub-layer with the LayerNorm in front of it (Ye et al. 
 ``FFN.i`` = ``blocks.i.norm2`` + ``blocks.i.mlp.*`` (+ ``ls2``/``gamma_2``).
 Units of one shape form a *group* ranked together: ``ATTN`` and ``FFN`` for plain ViTs, one pair
 per stage (``S0.ATTN``, ``S0.FFN``, ...) for Swin, whose blocks are numbered in depth order
-across stages. The head is always tuned; the stem (patch embedding, cls/register tokens,
-position embedding) and the final norm are tuned only by full fine-tuning.
+across stages. CaiT's class-attention blocks (``blocks_token_only.N``) are ATTN/FFN units after
+the self-attention blocks, in groups of their own (``CA.ATTN``, ``CA.FFN``). A ConvNeXt block
+has a single residual branch (depthwise conv, norm, MLP, layer scale ``gamma``): that branch is
+one ``BLOCK`` unit, grouped per stage (``S0.BLOCK``, ...). A group whose blocks differ in shape
+is split (``ATTN:0``, ``ATTN:1``, ...). The head (``head``, ``head.fc`` and a distilled model's
+``head_dist``) is always tuned; the stem (patch embedding, cls/register tokens, position
+embedding, downsampling, pre-trained MAP pooling ``attn_pool``, block tensors outside both
+branches such as ``swinv2_cr``'s ``norm3``) and the final norm are tuned only by full
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -14,21 +21,26 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pft.errors import PftError
 
 SUPPORTED_FAMILIES = (
     "ViT / DeiT / BEiT / EVA / any timm model with `blocks.N.{norm1,attn,norm2,mlp}`",
     "Swin / hierarchical models with `layers.S.blocks.M.{norm1,attn,norm2,mlp}`",
+    "CaiT class-attention blocks `blocks_token_only.N.{norm1,attn,norm2,mlp}`",
+    "ConvNeXt with `stages.S.blocks.M.{conv_dw,norm,mlp,gamma}` (one BLOCK unit per block)",
 )
-UNIT_KINDS = ("ATTN", "FFN")
+UNIT_KINDS = ("ATTN", "FFN", "BLOCK")
+BRANCH_KINDS = ("ATTN", "FFN")  # the two residual branches of a transformer block
 
 _FLAT_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_TOKEN_BLOCK = re.compile(r"^blocks_token_only\.(\d+)\.(.+)$")  # CaiT class attention
 _STAGED_BLOCK = re.compile(r"^(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _ATTN_PARTS = ("norm1.", "attn.", "ls1.", "gamma_1", "drop_path1")
 _FFN_PARTS = ("norm2.", "mlp.", "ls2.", "gamma_2", "drop_path2")
-_HEAD = re.compile(r"^head(\.fc)?\.(weight|bias)$")
+_HEAD = re.compile(r"^head(_dist)?(\.fc)?\.(weight|bias)$")
+_CONV_BRANCH = ("conv_dw.",)  # a ConvNeXt block: one residual branch, one BLOCK unit
 _FINAL_NORM = re.compile(r"^(norm|fc_norm|head\.norm)\.")
 
 
@@ -80,10 +92,15 @@ class UnitMap:
         for unit in self.units:
             if unit.name == name:
                 return unit
-        raise PftError(
-            f"unknown unit {name!r} for {self.model}: accepted are ATTN.0..ATTN.{self.depth - 1} "
-            f"and FFN.0..FFN.{self.depth - 1}"
-        )
+        kinds = [k for k in UNIT_KINDS if k in self.kinds]
+        accepted = " and ".join(f"{k}.0..{k}.{self.depth - 1}" for k in kinds)
+        raise PftError(f"unknown unit {name!r} for {self.model}: accepted are {accepted}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The unit kinds this model has (``ATTN``/``FFN`` or ``BLOCK``)."""
+        present = {u.kind for u in self.units}
+        return tuple(k for k in UNIT_KINDS if k in present)
 
     def count(self, tensors: Iterable[str]) -> int:
         return sum(_numel(self.shapes[t]) for t in tensors)
@@ -126,6 +143,26 @@ def _unit_kind(rest: str) -> str | None:
     return None
 
 
+def _split_by_shape(units: list[Unit], shapes: dict[str, tuple[int, ...]]) -> list[Unit]:
+    """Units of one group must share a shape to be ranked together: a group whose blocks differ
+    (e.g. grouped-query attention in some blocks only) is split into ``GROUP:0``, ``GROUP:1``,
+    ... in order of first appearance. Groups of one shape keep their name."""
+    signatures: dict[str, list[tuple]] = {}
+    for u in units:
+        sig = tuple(shapes[t] for t in u.tensors)
+        known = signatures.setdefault(u.group, [])
+        if sig not in known:
+            known.append(sig)
+    out = []
+    for u in units:
+        known = signatures[u.group]
+        if len(known) > 1:
+            sig = tuple(shapes[t] for t in u.tensors)
+            u = replace(u, group=f"{u.group}:{known.index(sig)}")
+        out.append(u)
+    return out
+
+
 def build_unit_map(
     named_shapes: Iterable[tuple[str, Iterable[int]]], *, model: str = "model", num_classes: int
 ) -> UnitMap:
@@ -134,47 +171,65 @@ def build_unit_map(
     Raises PftError naming the supported families when no transformer blocks are found.
     """
     shapes = {name: tuple(int(d) for d in shape) for name, shape in named_shapes}
-    stages: dict[tuple[int, int], int] = {}  # (stage, local block) -> stage, for depth order
-    tensors: dict[tuple[str, int, int], list[str]] = {}  # (kind, stage, local) -> names
+    # (stage, local block) -> [(tensor, rest of name)], stage -1 = CaiT class-attention blocks,
+    # which come after every self-attention block.
+    blocks: dict[tuple[int, int], list[tuple[str, str]]] = {}
     head, stem, final_norm = [], [], []
     staged = any(_STAGED_BLOCK.match(n) for n in shapes)
     for name in shapes:
         flat = None if staged else _FLAT_BLOCK.match(name)
         deep = _STAGED_BLOCK.match(name) if staged else None
-        if flat or deep:
-            stage, local, rest = (
-                (0, int(flat[1]), flat[2]) if flat else (int(deep[1]), int(deep[2]), deep[3])
-            )
-            kind = _unit_kind(rest)
-            if kind is None:
-                # Tensors of a block outside both residual branches (rare; e.g. a block-level
-                # norm) follow the stem rule: tuned only by full fine-tuning.
-                stem.append(name)
-                continue
-            stages[(stage, local)] = stage
-            tensors.setdefault((kind, stage, local), []).append(name)
+        token = None if staged else _TOKEN_BLOCK.match(name)
+        if flat:
+            blocks.setdefault((0, int(flat[1])), []).append((name, flat[2]))
+        elif deep:
+            blocks.setdefault((int(deep[1]), int(deep[2])), []).append((name, deep[3]))
+        elif token:
+            blocks.setdefault((1, int(token[1])), []).append((name, token[2]))
         elif _HEAD.match(name):
             head.append(name)
         elif _FINAL_NORM.match(name):
             final_norm.append(name)
         else:
             stem.append(name)
-    if not tensors:
+    if not blocks:
         raise PftError(
-            f"{model}: no transformer blocks found; supported families are: "
+            f"{model}: no transformer or ConvNeXt blocks found; supported families are: "
             + "; ".join(SUPPORTED_FAMILIES)
         )
-    order = sorted(stages)  # depth order across stages
-    depth_index = {key: i for i, key in enumerate(order)}
+    order = sorted(blocks)  # depth order across stages (CaiT: class attention last)
+    cait = not staged and any(_TOKEN_BLOCK.match(n) for n in shapes)
     units = []
-    for kind in UNIT_KINDS:
-        for key in order:
-            names = tensors.get((kind, *key))
-            if not names:
-                raise PftError(f"{model}: block {depth_index[key]} has no {kind} tensors")
-            stage = key[0]
-            group = f"S{stage}.{kind}" if staged else kind
-            i = depth_index[key]
+    for i, key in enumerate(order):
+        members = blocks[key]
+        stage = key[0]
+        if any(rest.startswith(_CONV_BRANCH) for _, rest in members):
+            by_kind = {"BLOCK": [n for n, _ in members]}
+        else:
+            by_kind = {}
+            for n, rest in members:
+                kind = _unit_kind(rest)
+                if kind is None:
+                    # Tensors of a block outside both residual branches (rare; e.g. a block-level
+                    # norm) follow the stem rule: tuned only by full fine-tuning.
+                    stem.append(n)
+                    continue
+                by_kind.setdefault(kind, []).append(n)
+            for kind in BRANCH_KINDS:
+                if kind not in by_kind:
+                    parts = sorted({rest.split(".")[0] for _, rest in members})
+                    raise PftError(
+                        f"{model}: block {i} has no {kind} tensors (its parts: "
+                        f"{', '.join(parts)}); supported families are: "
+                        + "; ".join(SUPPORTED_FAMILIES)
+                    )
+        for kind, names in by_kind.items():
+            if staged:
+                group = f"S{stage}.{kind}"
+            elif cait and stage == 1:
+                group = f"CA.{kind}"
+            else:
+                group = kind
             units.append(
                 Unit(
                     f"{kind}.{i}",
@@ -186,6 +241,7 @@ def build_unit_map(
                 )
             )
     units.sort(key=lambda u: (u.block, UNIT_KINDS.index(u.kind)))
+    units = _split_by_shape(units, shapes)
     return UnitMap(
         model=model,
         num_classes=num_classes,

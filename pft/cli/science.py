@@ -31,7 +31,7 @@ NUM_CLASSES = typer.Option(100, "--num-classes", "-n", help="classes of the new 
 def units(
     model: str, num_classes: int = NUM_CLASSES, override: list[str] = OVERRIDE, as_json: bool = JSON
 ) -> None:
-    """The unit map of MODEL: ATTN/FFN units, their groups and parameter counts."""
+    """The unit map of MODEL: its units (ATTN/FFN; ConvNeXt: BLOCK), groups and counts."""
     um = _unit_map(model, num_classes, override)
     data = um.to_dict()
     if as_json:
@@ -52,7 +52,16 @@ def strategies(
     model: str,
     num_classes: int = NUM_CLASSES,
     override: list[str] = OVERRIDE,
-    k: int = typer.Option(None, help="units per group of ranked strategies (default: suggested)"),
+    k: int = typer.Option(
+        None,
+        help="units per group of ranked strategies (default: suggested; more than a group "
+        "holds takes the whole group)",
+    ),
+    k_groups: str = typer.Option(
+        None,
+        "--k-groups",
+        help="instead of --k: a fraction of each group (0.5) or JSON {group: k}",
+    ),
     units: list[str] = typer.Option(None, "--unit", help="units of explicit strategies"),
     as_json: bool = JSON,
 ) -> None:
@@ -66,11 +75,15 @@ def strategies(
     from pft.strategies import STRATEGIES, preview_strategy, previewable, suggested_params
 
     um = _unit_map(model, num_classes, override)
-    given = {"k": k, "units": list(units) if units else None}
-    rows = []
+    given = {"k": k, "k_groups": k_groups, "units": list(units) if units else None}
+    rows, skipped = [], []
     for name, strategy in STRATEGIES.items():
+        if not strategy.applies(um):
+            skipped.append(name)
+            continue
         params = {n: v for n, v in given.items() if v is not None and strategy.takes(n)}
-        params = suggested_params(um, name) | params
+        if not any(n in params for n in strategy.one_of):
+            params = suggested_params(um, name) | params
         if not previewable(name, params):
             continue
         try:
@@ -78,9 +91,10 @@ def strategies(
         except PftError as exc:
             fail(str(exc))
     if as_json:
-        typer.echo(
-            json.dumps({"model": model, "num_classes": num_classes, "strategies": rows}, indent=2)
-        )
+        data = {"model": model, "num_classes": num_classes, "strategies": rows}
+        if skipped:
+            data["not_applicable"] = skipped
+        typer.echo(json.dumps(data, indent=2))
         return
     print_table(
         [
@@ -95,6 +109,12 @@ def strategies(
         ],
         ["strategy", "tuned params", "of model", "units", "description"],
     )
+    for r in rows:
+        for note in r.get("notes", []):
+            typer.echo(f"{r['name']}: {note}")
+    if skipped:
+        kinds = "/".join(um.kinds)
+        typer.echo(f"not applicable to {model} (only {kinds} units): {', '.join(skipped)}")
 
 
 @app.command()

@@ -1,5 +1,13 @@
 """Greedy soup (Wortsman et al. 2022, Recipe 1): sort ingredients by held-out score, start
-from the best, add each next one only if the soup's held-out score strictly rises; one pass."""
+from the best, add each next one only if the soup's held-out score strictly rises; one pass.
+
+Choice for choice the reference implementation (mlfoundations/model-soups, ``main.py``): the
+ingredients are sorted by held-out score ascending with a stable sort and the list reversed, so
+ingredients with tied scores are tried in reverse input order; the candidate is the running
+mean ``soup * n/(n+1) + new/(n+1)``, not a re-average of every kept ingredient. Ingredients are
+read one at a time (lazy mappings stay on disk): memory holds the soup, one candidate and one
+ingredient tensor, whatever their number.
+"""
 
 from __future__ import annotations
 
@@ -52,14 +60,15 @@ def greedy_soup(
         if individual_scores is not None
         else [score(d) for d in ingredients]
     )
-    order = sorted(range(len(ingredients)), key=lambda i: -singles[i])
+    order = reference_order(singles)
     best = order[0]
     selected = [best]
-    soup = uniform_soup([ingredients[best]], base)
+    first = ingredients[best]
+    soup = uniform_soup([first], base) if base is not None else {k: first[k].clone() for k in first}
     current = singles[best]
     trace = [GreedyStep(best, singles[best], current, True)]
     for i in order[1:]:
-        candidate = uniform_soup([ingredients[j] for j in [*selected, i]], base)
+        candidate = running_mean(soup, len(selected), ingredients[i], base, f"ingredient {i}")
         cand_score = score(candidate)
         accepted = cand_score > current
         trace.append(GreedyStep(i, singles[i], cand_score, accepted))
@@ -67,6 +76,42 @@ def greedy_soup(
             selected.append(i)
             soup, current = candidate, cand_score
     return GreedyResult(soup=soup, selected=selected, score=current, trace=trace)
+
+
+def reference_order(scores: Sequence[float]) -> list[int]:
+    """Indices best first, as model-soups orders them: a stable ascending sort, reversed (tied
+    scores come out in reverse input order)."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    order.reverse()
+    return order
+
+
+def running_mean(
+    soup: State, n: int, new: State, base: State | None, where: str
+) -> dict[str, torch.Tensor]:
+    """The mean of ``n`` ingredients (``soup``) and ``new``: ``soup * n/(n+1) + new/(n+1)``.
+    With a ``base``, a tensor one side did not tune counts at its pre-trained value."""
+    names = list(soup) + [k for k in new if k not in soup]
+    if base is None and set(new) != set(soup):
+        odd = sorted(set(new) ^ set(soup))[0]
+        raise PftError(f"{where}: tensor {odd!r} is not in every ingredient")
+    out = {}
+    for name in names:
+        mine = soup[name] if name in soup else base[name]
+        theirs = new[name] if name in new else base[name]
+        if base is not None and name not in base:
+            raise PftError(f"{where}: tensor {name!r} does not exist in the pre-trained model")
+        if tuple(mine.shape) != tuple(theirs.shape):
+            raise PftError(
+                f"{where}: tensor {name!r} has shape {tuple(theirs.shape)}, the soup "
+                f"{tuple(mine.shape)} (a different model or head size)"
+            )
+        dtype = base[name].dtype if base is not None else mine.dtype
+        mixed = mine.to(torch.float64) * (n / (n + 1.0)) + theirs.to(torch.float64) * (
+            1.0 / (n + 1)
+        )
+        out[name] = mixed.to(dtype)
+    return out
 
 
 def merge(

@@ -83,6 +83,18 @@ class SoupScorer:
         return evaluate_shifts(self.model, self.data.test, self.data_config, self.device, shifts)
 
 
+def same_dataset(metas: Sequence[Mapping[str, Any]], labels: Sequence[Any]) -> None:
+    """Raises PftError naming the ingredients unless all were fine-tuned on one dataset."""
+    by: dict[str, list[str]] = {}
+    for meta, label in zip(metas, labels, strict=True):
+        by.setdefault(str(meta.get("dataset")), []).append(str(label))
+    if len(by) > 1:
+        parts = "; ".join(f"{d}: {', '.join(ls)}" for d, ls in by.items())
+        raise PftError(
+            f"soup ingredients must be fine-tuned on one dataset, these were not ({parts})"
+        )
+
+
 def _call(callbacks: Any, name: str, *args: Any) -> Any:
     fn = getattr(callbacks, name, None) if callbacks is not None else None
     return fn(*args) if fn is not None else None
@@ -129,6 +141,7 @@ def make_soup(
     deltas = [w for w, _ in opened]
     metas = [m for _, m in opened]
     same_base(metas)
+    same_dataset(metas, labels)
     dataset = dataset or metas[0]["dataset"]
     read_data = evaluate or merge_method.needs_heldout
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

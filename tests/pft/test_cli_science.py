@@ -60,11 +60,13 @@ def test_strategies_json_contract():
 
 
 def test_strategies_bad_k():
+    r = invoke("strategies", "pft/vit-micro", "--k", "0")
+    assert r.exit_code == 2 and "k must be an integer >= 1" in r.output
     r = invoke("strategies", "pft/vit-micro", "--k", "9")
-    assert r.exit_code == 2 and "k must be an integer from 1 to 4" in r.output
+    assert r.exit_code == 0 and "the whole group is tuned" in r.output
 
 
-def make_delta(tmp_path, name, strategy, seed, num_classes=3):
+def make_delta(tmp_path, name, strategy, seed, num_classes=3, dataset="synthetic"):
     base = build_pretrained("pft/vit-micro", num_classes, pretrained=False)
     um = unit_map_for("pft/vit-micro", num_classes)
     sel = resolve_strategy(um, strategy)
@@ -78,7 +80,7 @@ def make_delta(tmp_path, name, strategy, seed, num_classes=3):
         num_classes=num_classes,
         strategy=strategy,
         strategy_params={},
-        dataset="synthetic",
+        dataset=dataset,
         data_config={},
         hparams={"head_seed": 0, "seed": seed},
     )
@@ -147,3 +149,12 @@ def test_soup_refuses_other_head(tmp_path):
     r = invoke("soup", "uniform", str(a), str(b), "--out", str(tmp_path / "s.safetensors"))
     assert r.exit_code == 2 and "num_classes" in r.output
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_soup_refuses_ingredients_of_different_datasets_naming_them(tmp_path):
+    a, _, _ = make_delta(tmp_path, "a", "attn_only", 1)
+    b, _, _ = make_delta(tmp_path, "b", "attn_only", 2, dataset="digits3")
+    r = invoke("soup", "uniform", str(a), str(b), "--out", str(tmp_path / "s.safetensors"))
+    assert r.exit_code == 2
+    assert "one dataset" in r.output and "a.safetensors" in r.output
+    assert "digits3" in r.output and "b.safetensors" in r.output

@@ -36,6 +36,7 @@ def good_value(p: StrategyParam):
         "units": [UM.unit_names[0], UM.unit_names[-1]],
         "angles": {u: float(i) for i, u in enumerate(UM.unit_names)},
         "job": 7,
+        "group_k": 0.5,
     }[p.kind]
 
 
@@ -46,6 +47,7 @@ BAD_VALUES = {
     "units": ["ATTN.0", ["MLP.0"], [3]],
     "angles": [[1.0, 2.0], {"ATTN.0": 1.0}],
     "job": [0, "7", True],
+    "group_k": [0, 1.5, True, "x", {"ATTN": 1}, {"ATTN": 0, "FFN": 1}],
 }
 
 PARAMS = [(s.name, p) for s in STRATEGIES.values() for p in s.params]
@@ -66,7 +68,7 @@ def test_every_strategy_resolves_with_valid_params(name):
 
 @pytest.mark.parametrize(("name", "param"), PARAMS, ids=[f"{n}.{p.name}" for n, p in PARAMS])
 def test_every_declared_param_validates_and_refuses(name, param):
-    assert param.kind in ("int", "float", "choice", "units", "angles", "job")
+    assert param.kind in ("int", "float", "choice", "units", "angles", "job", "group_k")
     assert param.check(good_value(param), UM) is not None
     for bad in BAD_VALUES[param.kind]:
         with pytest.raises(PftError) as exc:

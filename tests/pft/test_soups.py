@@ -92,7 +92,7 @@ def test_greedy_adds_when_it_helps():
     res = greedy_soup(
         ingredients, lambda s: -abs(float(s["w"]) - 1.0), individual_scores=[-1.0, -1.0]
     )
-    assert res.selected == [0, 1] and res.score == 0.0
+    assert res.selected == [1, 0] and res.score == 0.0  # ties: reverse input order
 
 
 def test_shape_mismatch_named():
@@ -105,3 +105,66 @@ def test_shape_mismatch_named():
         uniform_soup([state(0), state(1, names=("a", "b"))])
     with pytest.raises(PftError, match="at least one"):
         uniform_soup([])
+
+
+def _reference_greedy(models, val_accs, heldout):
+    """A port of mlfoundations/model-soups' greedy soup (main.py, step 4) over dicts."""
+    import operator
+
+    accs = sorted(val_accs.items(), key=operator.itemgetter(1))
+    accs.reverse()
+    sorted_models = [x[0] for x in accs]
+    ingredients = [sorted_models[0]]
+    params = models[sorted_models[0]]
+    best = accs[0][1]
+    for i in range(1, len(models)):
+        new = models[sorted_models[i]]
+        n = len(ingredients)
+        potential = {
+            k: params[k].clone() * (n / (n + 1.0)) + new[k].clone() * (1.0 / (n + 1)) for k in new
+        }
+        acc = heldout(potential)
+        if acc > best:
+            ingredients.append(sorted_models[i])
+            best = acc
+            params = potential
+    return ingredients, params
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_greedy_matches_the_reference_on_random_score_tables_with_ties(seed):
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 7)
+    # Ingredient i is the i-th basis vector: a soup's support names its members.
+    models = {i: {"w": torch.eye(n, dtype=torch.float64)[i]} for i in range(n)}
+    table: dict = {}
+
+    def heldout(s):
+        key = frozenset(int(j) for j in torch.nonzero(s["w"]).flatten())
+        return table.setdefault(key, rng.choice([0.1, 0.2, 0.3]))  # few values: many ties
+
+    singles = [heldout(models[i]) for i in range(n)]
+    ref_members, ref_params = _reference_greedy(models, dict(enumerate(singles)), heldout)
+    res = greedy_soup([models[i] for i in range(n)], heldout, individual_scores=singles)
+    assert res.selected == ref_members
+    torch.testing.assert_close(res.soup["w"], ref_params["w"])
+
+
+def test_greedy_uses_a_running_mean_and_reads_each_ingredient_once():
+    reads = []
+
+    class Lazy(dict):
+        def __init__(self, i, v):
+            super().__init__(w=torch.tensor([v]))
+            self.i = i
+
+        def __getitem__(self, k):
+            reads.append(self.i)
+            return super().__getitem__(k)
+
+    ingredients = [Lazy(i, float(i)) for i in range(30)]
+    res = greedy_soup(ingredients, lambda s: float(s["w"]), individual_scores=list(range(30)))
+    assert res.selected == [29]  # the mean only falls
+    assert sorted(reads) == list(range(30))  # one read each: no re-averaging

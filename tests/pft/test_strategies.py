@@ -126,11 +126,21 @@ def test_unknown_strategy_lists_accepted():
     assert "close matches: attn_only" in str(exc.value)
 
 
-@pytest.mark.parametrize("k", [0, -1, 5, 2.5, True])
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
 def test_k_out_of_range(k):
     um = unit_map_for("pft/vit-micro", 3)
-    with pytest.raises(PftError, match="k must be an integer from 1 to 4"):
+    with pytest.raises(PftError, match="k must be an integer >= 1"):
         resolve_strategy(um, "angle_topk", **{**params_for("angle_topk", um), "k": k})
+
+
+def test_k_larger_than_a_group_takes_the_whole_group():
+    um = unit_map_for("pft/vit-micro", 3)
+    sel = resolve_strategy(um, "angle_topk", **params_for("angle_topk", um, k=5))
+    assert len(sel.units) == 8
+    assert sel.to_dict()["notes"] == [
+        "k=5 is more than the 4 units of group ATTN: the whole group is tuned",
+        "k=5 is more than the 4 units of group FFN: the whole group is tuned",
+    ]
 
 
 def test_missing_angle_is_named():
@@ -162,5 +172,5 @@ def test_catalogue_is_plain_data_with_descriptions():
     cat = catalogue()
     assert [c["name"] for c in cat] == list(STRATEGIES)
     assert all(c["description"] for c in cat)
-    assert {p["name"] for p in cat[-2]["params"]} == {"k", "order", "reference_job"}
+    assert {p["name"] for p in cat[-2]["params"]} == {"k", "k_groups", "order", "reference_job"}
     json.dumps(cat)

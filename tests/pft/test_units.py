@@ -114,3 +114,21 @@ def test_vit_large_costs_nothing():
     um = build_unit_map(named_shapes_from_table(table, 100), num_classes=100)
     assert um.total_params > 300_000_000
     assert peak < 50 * 2**20  # meta device: no weights allocated
+
+
+def test_groups_of_blocks_with_different_shapes_are_split():
+    def block(i, kv):
+        return [
+            (f"blocks.{i}.norm1.weight", (8,)),
+            (f"blocks.{i}.attn.q.weight", (8, 8)),
+            (f"blocks.{i}.attn.kv.weight", (kv, 8)),
+            (f"blocks.{i}.norm2.weight", (8,)),
+            (f"blocks.{i}.mlp.fc1.weight", (16, 8)),
+        ]
+
+    shapes = [s for i, kv in enumerate([16, 4, 16, 4]) for s in block(i, kv)]
+    um = build_unit_map([*shapes, ("head.weight", (3, 8))], num_classes=3)
+    assert um.groups.keys() == {"ATTN:0", "ATTN:1", "FFN"}
+    assert [u.block for u in um.groups["ATTN:1"]] == [1, 3]
+    for units in um.groups.values():
+        assert len({u.params for u in units}) == 1
