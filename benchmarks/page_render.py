@@ -167,16 +167,20 @@ def _populate(url: str, strategies: int, seeds: int, finished: int, epochs: int)
         units.raise_for_status()
         preview = UnitsPreview.model_validate(units.json())
         names = [s.name for s in preview.strategies][:strategies]  # parameter-free ones
-        body = {
-            "model": MODEL,
-            "dataset": DATASET,
-            "strategies": [{"name": n} for n in names],
-            "seeds": list(range(seeds)),
-            "hparams": {"epochs": epochs},
-        }
-        created = user.post("/experiments", json=body)
-        created.raise_for_status()
-        jobs = ExperimentCreated.model_validate(created.json()).jobs
+        # An experiment holds at most PFT_MAX_JOBS_PER_EXPERIMENT (256) jobs: split the seeds.
+        per = max(1, 256 // len(names))
+        jobs = []
+        for first in range(0, seeds, per):
+            body = {
+                "model": MODEL,
+                "dataset": DATASET,
+                "strategies": [{"name": n} for n in names],
+                "seeds": list(range(first, min(seeds, first + per))),
+                "hparams": {"epochs": epochs},
+            }
+            created = user.post("/experiments", json=body)
+            created.raise_for_status()
+            jobs += ExperimentCreated.model_validate(created.json()).jobs
         for job in jobs[:finished]:
             _finish(worker, job.id, preview, epochs)
         return len(jobs)

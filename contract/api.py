@@ -241,6 +241,9 @@ class SelectionPublic(BaseModel):
     # True when the units depend on a value the lab fills in at launch (a reference job's
     # angles) that the preview was not given: the counts are exact, the unit names a placeholder.
     provisional: bool = False
+    # What the user should know about how the parameters were applied, e.g. "k=7 is more than
+    # the 2 units of group S0.ATTN: the whole group is tuned".
+    notes: list[str] = []
 
 
 class UnitsPreview(BaseModel):

@@ -114,6 +114,8 @@ if preview:
             problems.append(f"{name}: {exc.message}")
             continue
         selections.append(selection)
+        for note in selection.notes:
+            st.caption(f"{name}: {note}")
         if selection.provisional:
             st.caption(
                 f"{name}: the units shown stand in until its missing inputs are chosen; "

@@ -19,7 +19,9 @@ from tests.dashboard.conftest import (
 from tests.dashboard.test_pages import assert_clean, frame, page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-SEEDS = list(range(30))  # 10 parameter-free strategies x 30 seeds = 300 jobs
+# 10 parameter-free strategies x 30 seeds = 300 jobs, in two experiments (an experiment holds
+# at most PFT_MAX_JOBS_PER_EXPERIMENT = 256 jobs)
+SEED_SETS = [list(range(15)), list(range(15, 30))]
 FINISHED = 60
 
 
@@ -29,7 +31,10 @@ def busy_lab(
 ) -> Iterator[tuple[Backend, dict]]:
     with running_backend(tmp_path_factory.mktemp("pft-dashboard-busy")) as b:
         names = [s["name"] for s in api(b, "/catalog/strategies") if not s["params"]]
-        created = submit_experiment(b, [{"name": n} for n in names], seeds=SEEDS)
+        experiments = [
+            submit_experiment(b, [{"name": n} for n in names], seeds=seeds) for seeds in SEED_SETS
+        ]
+        created = {"jobs": [j for e in experiments for j in e["jobs"]]}
         jobs = created["jobs"][:FINISHED]
         run = engine.finish(b, jobs[0]["id"])  # one real run, replayed into the others
         for j in jobs[1:]:

@@ -97,3 +97,10 @@ def test_bad_previews_are_422_naming_the_field(
     assert r.status_code == 422, r.text
     [error] = r.json()["detail"]
     assert error["loc"] == loc and words in error["msg"], error
+
+
+def test_a_k_larger_than_a_group_is_previewed_with_a_note(client: TestClient) -> None:
+    got = _preview(client, {"name": "angle_topk", "k": 9})
+    assert got.provisional
+    assert any("whole group" in note for note in got.notes), got.notes
+    assert len(got.units) == 8  # both 4-unit groups of the test model, whole
