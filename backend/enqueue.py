@@ -101,7 +101,13 @@ def broker_job_ids(*, settings: ApiSettings) -> set[int] | None:
         # kombu's Redis transport keeps one list per priority step: "<queue>\x06\x16<n>".
         for key in client.scan_iter(match=f"{settings.queue}\x06\x16*"):
             raw += client.lrange(key, 0, -1)
-        raw += [json.loads(v)[0] for v in client.hvals("unacked")]
+        # Delivered, not yet acknowledged: kombu's one "unacked" hash holds [message, exchange,
+        # routing key] for every queue of this Redis database; keep only this lab's queue
+        # (another lab on the same Redis numbers its jobs from 1 too).
+        for entry in client.hvals("unacked"):
+            message, _exchange, routing_key = json.loads(entry)
+            if routing_key == settings.queue:
+                raw.append(message)
     except (redis.RedisError, OSError, ValueError) as exc:
         log.warning("cannot read the broker's queue: %s", exc)
         return None

@@ -44,6 +44,19 @@ def test_unacked_messages_count_as_held(queue_name: str, tmp_path) -> None:
         client.hdel("unacked", tag)
 
 
+def test_unacked_messages_of_another_queue_are_not_this_labs(queue_name: str, tmp_path) -> None:
+    """Two labs on one Redis both number their jobs from 1; kombu keeps one unacked hash."""
+    settings = ApiSettings(data_dir=tmp_path, broker_url=REDIS_URL, queue=queue_name)
+    client = redis.Redis.from_url(REDIS_URL)
+    message = {"headers": {"id": task_id_for(8)}, "body": ""}
+    tag = f"tag-other-{queue_name}"
+    client.hset("unacked", tag, json.dumps([message, "", queue_name + "-other-lab"]))
+    try:
+        assert 8 not in broker_job_ids(settings=settings)
+    finally:
+        client.hdel("unacked", tag)
+
+
 def test_task_ids_carry_the_job_id() -> None:
     assert job_id_of(task_id_for(123)) == 123
     assert job_id_of("some-other-task") is None
