@@ -30,9 +30,13 @@ async def app_settings(request: Request) -> ApiSettings:
 
 
 async def get_db(request: Request) -> AsyncIterator[Session]:
-    """One session per request; uncommitted work is rolled back when the request ends.
+    """One session per route call; uncommitted work is rolled back when the route returns.
 
     Creating a session does no I/O; the (sync) route that uses it runs in the thread pool.
+    `SessionDep` closes it as soon as the route returns (``scope="function"``), before the
+    response is sent and before background tasks run: a session held until after a background
+    task (the enqueue after a submit) kept its pooled connection while the task waited for a
+    worker thread, and a burst of submits then starved the pool (CI: 7 of 100 answered 500).
     """
     session: Session = request.app.state.sessions()
     try:
@@ -67,6 +71,6 @@ async def require_worker_token(
     _check(request.app.state.worker_token, credentials, WORKER_UNAUTHORIZED)
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 SettingsDep = Annotated[ApiSettings, Depends(app_settings)]
 IdPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="a database id")]

@@ -8,7 +8,9 @@
   job (raised in `backend.api.routes.worker`);
 * 413: a request body over ``PFT_MAX_BODY_BYTES`` (`BodySizeLimit`);
 * 503: a write while the SQLite database file has vanished or was replaced
-  (`DatabaseLostGuard`, `backend.db.file_guard`);
+  (`DatabaseLostGuard`, `backend.db.file_guard`); also a database too busy to answer in time
+  (no pooled connection free, or SQLite still locked after its busy timeout), with
+  ``Retry-After``: nothing was written, the same request may be sent again;
 * 500: anything unexpected, logged with its traceback and an ``error_id`` to find it.
 """
 
@@ -21,7 +23,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.crud import JobStateError
@@ -73,6 +76,30 @@ async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
     )
 
 
+BUSY_RETRY_AFTER_S = 2
+
+
+def _busy(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        status_code=503,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+        content={"detail": "the database is busy; nothing was written, retry shortly"},
+    )
+
+
+async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+    return _busy(request, exc)
+
+
+async def _operational(request: Request, exc: OperationalError) -> JSONResponse:
+    # SQLite answers "database is locked" once its busy timeout passed; anything else (a
+    # database that went away, a broken schema) is unexpected and logged as such.
+    if "database is locked" in str(exc.orig):
+        return _busy(request, exc)
+    return await _unexpected(request, exc)
+
+
 async def _conflict(_: Request, exc: JobStateError) -> JSONResponse:
     return JSONResponse(status_code=409, content={"detail": str(exc)})
 
@@ -98,6 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyReused, _key_reused)
     app.add_exception_handler(JobStateError, _conflict)
     app.add_exception_handler(DataError, _unstorable)
+    app.add_exception_handler(PoolTimeout, _pool_timeout)
+    app.add_exception_handler(OperationalError, _operational)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -48,8 +48,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
+            # More connections than the API's 40 worker threads (each route holds at most one,
+            # and only while it runs): a burst of requests waits for threads, not connections.
             pool_size=20,
-            max_overflow=20,
+            max_overflow=30,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

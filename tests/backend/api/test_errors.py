@@ -46,3 +46,32 @@ def test_unexpected_errors_are_json_500_without_a_trace(
     assert body["detail"].startswith("internal server error") and len(body["error_id"]) == 12
     assert "secret" not in r.text and "Traceback" not in r.text
     assert body["error_id"] in caplog.text and "secret internal detail" in caplog.text
+
+
+def test_a_busy_database_is_503_with_retry_after(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No free pooled connection, or SQLite still locked after its busy timeout: the client is
+    told to retry (nothing was written), not shown a 500. Waiting 30 s for the real timeouts
+    would make a slow test, so the errors SQLAlchemy raises then are raised here."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    def pool_exhausted(*args, **kwargs):
+        raise PoolTimeout("QueuePool limit of size 20 overflow 30 reached")
+
+    def locked(*args, **kwargs):
+        raise OperationalError("INSERT ...", {}, Exception("database is locked"))
+
+    for failure in (pool_exhausted, locked):
+        monkeypatch.setattr(crud, "list_jobs", failure)
+        r = client.get("/api/v1/jobs")
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"].isdigit() and "retry" in r.json()["detail"]
+        assert "QueuePool" not in r.text and "locked" not in r.text
+
+    def other(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("no such table: jobs"))
+
+    monkeypatch.setattr(crud, "list_jobs", other)
+    assert client.get("/api/v1/jobs").status_code == 500
