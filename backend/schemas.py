@@ -58,16 +58,22 @@ def _check(fn: Any, value: Any) -> Any:
 class HparamsCreate(_Strict):
     """Training hyperparameters (`pft.jobs.specs.Hparams`); every field is optional."""
 
-    epochs: StrictInt = Field(_HP["epochs"], ge=1, le=1000)
-    lr: float = Field(_HP["lr"], gt=0, le=1)
-    batch_size: StrictInt = Field(_HP["batch_size"], ge=1, le=4096)
-    weight_decay: float = Field(_HP["weight_decay"], ge=0, le=1)
-    warmup_fraction: float = Field(_HP["warmup_fraction"], ge=0, lt=1)
-    label_smoothing: float = Field(_HP["label_smoothing"], ge=0, lt=1)
-    clip_grad: float = Field(_HP["clip_grad"], ge=0, le=1e6)
-    seed: StrictInt = Field(_HP["seed"], ge=0, le=MAX_ID)
-    head_seed: StrictInt = Field(_HP["head_seed"], ge=0, le=MAX_ID)
-    compile: bool = _HP["compile"]
+    epochs: StrictInt = Field(_HP["epochs"], ge=1, le=1000, description="passes over the data")
+    lr: float = Field(_HP["lr"], gt=0, le=1, description="peak learning rate (AdamW)")
+    batch_size: StrictInt = Field(_HP["batch_size"], ge=1, le=4096, description="images per step")
+    weight_decay: float = Field(_HP["weight_decay"], ge=0, le=1, description="AdamW decay")
+    warmup_fraction: float = Field(
+        _HP["warmup_fraction"], ge=0, lt=1, description="share of steps of linear warm-up"
+    )
+    label_smoothing: float = Field(_HP["label_smoothing"], ge=0, lt=1, description="of targets")
+    clip_grad: float = Field(_HP["clip_grad"], ge=0, le=1e6, description="gradient norm cap")
+    seed: StrictInt = Field(
+        _HP["seed"], ge=0, le=MAX_ID, description="data order, augmentation and dropout"
+    )
+    head_seed: StrictInt = Field(
+        _HP["head_seed"], ge=0, le=MAX_ID, description="new head's initialisation (soups share it)"
+    )
+    compile: bool = Field(_HP["compile"], description="torch.compile the model (CUDA only)")
 
 
 # ---------------------------------------------------------------------------------------------

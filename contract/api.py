@@ -169,13 +169,16 @@ class ParamPublic(BaseModel):
     """One parameter of a registry entry (strategy, soup method), as a UI widget needs it."""
 
     name: str
-    kind: str  # "int", "float", "choice", "units", "job"
+    kind: str  # "int", "float", "bool", "choice", "units", "job"
     description: str
     default: Any = None
     choices: list[str] = []
     minimum: float | None = None
     maximum: float | None = None
     required: bool = False
+    # True: the bound itself is refused (``lr > 0``, not ``lr >= 0``); bounds are inclusive else.
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
 
 
 class RegistryEntry(BaseModel):
@@ -227,6 +230,11 @@ class UnitMapPublic(BaseModel):
     depth: int
     groups: dict[str, list[str]]
     units: list[UnitPublic]
+    # Tensors outside the units: the classifier, the stem (embeddings, pre-trained pooling
+    # heads, block-level norms outside both branches) and the final norm (`pft.units`).
+    head: list[str] = []
+    stem: list[str] = []
+    final_norm: list[str] = []
 
 
 class SelectionPublic(BaseModel):
@@ -249,6 +257,26 @@ class SelectionPublic(BaseModel):
 class UnitsPreview(BaseModel):
     unit_map: UnitMapPublic
     strategies: list[SelectionPublic]  # every strategy that needs no parameter
+
+
+class ModelRow(BaseModel):
+    """One model of the picker (`pft.model_picker.model_row`): mapped onto units or refused,
+    before anything is queued. ``mapped`` is None while no shape table exists for it yet."""
+
+    model: str
+    description: str = ""
+    source: str = ""
+    mapped: bool | None
+    reason: str | None = None
+    depth: int | None = None
+    groups: dict[str, int] = {}  # group -> number of units
+    total_params: int | None = None
+    tuned_params: dict[str, int] = {}  # strategy -> parameters it tunes (suggested params)
+    not_applicable: list[str] = []  # strategies with nothing to tune on this model
+
+
+class ModelsPage(BaseModel):
+    items: list[ModelRow]
 
 
 class Health(BaseModel):

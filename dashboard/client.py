@@ -150,6 +150,10 @@ class ApiClient:
     def soup_methods(self) -> list[RegistryEntry]:
         return self._get(list[RegistryEntry], "GET", "/catalog/soups")
 
+    def hparams(self) -> RegistryEntry:
+        """The training hyperparameters with their defaults and accepted ranges."""
+        return self._get(RegistryEntry, "GET", "/catalog/hparams")
+
     def units(self, model: str, num_classes: int) -> UnitsPreview:
         return self._get(
             UnitsPreview, "GET", f"/models/{model}/units", params={"num_classes": num_classes}

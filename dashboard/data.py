@@ -34,8 +34,8 @@ from dashboard.client import get_client
 MAX_JOBS = 5000  # `all_jobs` reads at most this many (page by page)
 
 
-@st.cache_data(ttl=10, show_spinner=False)
 def health() -> Health:
+    """Never cached: the router asks once per run, so the sidebar says what the page sees."""
     return get_client().health()
 
 
@@ -57,6 +57,11 @@ def strategies() -> list[RegistryEntry]:
 @st.cache_data(ttl=300, show_spinner=False)
 def soup_methods() -> list[RegistryEntry]:
     return get_client().soup_methods()
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def hparams() -> RegistryEntry:
+    return get_client().hparams()
 
 
 @st.cache_data(ttl=300, show_spinner=False)

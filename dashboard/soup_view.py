@@ -117,3 +117,35 @@ def comparison_scores(
     for other in others:
         out[f"{other.method} soup (#{other.id})"] = soup_scores(other)
     return {label: scores for label, scores in out.items() if scores}
+
+
+def _acc(job: JobPublic | None, key: str) -> str:
+    value = ((job.result if job else None) or {}).get(key)
+    return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+
+def lineage_rows(
+    ingredient_ids: Sequence[int], jobs: Mapping[int, JobPublic], trace: Sequence[Mapping] = ()
+) -> list[dict]:
+    """One row per ingredient of a soup, in the order given: where it came from (strategy,
+    seed, experiment), how good it was alone, and whether the soup kept it (a greedy soup's
+    trace; "—" for methods that keep every ingredient or before the soup was built).
+    ``jobs`` holds the ingredients' jobs by id (a missing one shows as "—")."""
+    kept = {int(row["job_id"]): bool(row["accepted"]) for row in trace if "job_id" in row}
+    rows = []
+    for job_id in ingredient_ids:
+        job = jobs.get(job_id)
+        rows.append(
+            {
+                "job": job_id,
+                "strategy": (job.strategy if job else None) or "—",
+                "seed": "—" if job is None or job.seed is None else str(job.seed),
+                "experiment": "—"
+                if job is None or job.experiment_id is None
+                else f"#{job.experiment_id}",
+                "held-out acc": _acc(job, "heldout_acc"),
+                "test acc": _acc(job, "test_acc"),
+                "in soup": ("yes" if kept[job_id] else "no") if job_id in kept else "—",
+            }
+        )
+    return rows

@@ -12,6 +12,7 @@ import streamlit as st
 from contract.api import JobPublic
 from contract.vocab import JobKind
 from dashboard.client import ApiError
+from dashboard.progress import status_text
 
 # Every session-state key the pages share, with its default (initialised in one place).
 STATE_DEFAULTS: dict[str, Any] = {
@@ -57,13 +58,14 @@ def recipe(job: JobPublic) -> str:
 
 
 def job_label(job: JobPublic) -> str:
-    """``#12 <strategy> · seed 0 · <model> / <dataset> · succeeded`` (for select boxes)."""
+    """``#12 <strategy> · seed 0 · <model> / <dataset> · succeeded`` (for select boxes; a
+    running job whose cancellation is pending ends ``running · cancelling``)."""
     parts = [f"#{job.id}", recipe(job)]
     if job.seed is not None:
         parts.append(f"seed {job.seed}")
     if job.model or job.dataset:
         parts.append(f"{job.model or ''} / {job.dataset or ''}".strip(" /"))
-    parts.append(str(job.status))
+    parts.append(status_text(job))
     return " · ".join(parts)
 
 

@@ -134,7 +134,8 @@ if by_angle:
     )
     entry = by_angle[name]
     reference = takes_a_job(entry).name
-    params = param_widgets(entry, prefix="angles", units=list(units), fixed={reference: job_id})
+    filled = param_widgets(entry, prefix="angles", units=list(units), fixed={reference: job_id})
+    params = filled.values
     strategy = {"name": name, **params}
     spec = job.config  # the reference job's fine-tuning spec
     body = {
@@ -144,11 +145,12 @@ if by_angle:
         "strategy": strategy,
     }
     selection, refused = None, None
-    try:
-        selection = data.preview(body)
-        selected = selection.units
-    except ApiError as exc:
-        refused = exc.message
+    if filled.ok:  # else its widgets show what to fix
+        try:
+            selection = data.preview(body)
+            selected = selection.units
+        except ApiError as exc:
+            refused = exc.message
     groups = groups_of(unit_map, final.units)
     st.plotly_chart(
         charts.ranked_angle_bars(units, groups, selected), key="angles-ranked", width="stretch"
@@ -159,9 +161,11 @@ if by_angle:
             key="angles-topk-grid",
             width="stretch",
         )
-    else:
+    elif refused:
         st.warning(f"{name} cannot use job {job_id}: {refused}")
     given = ", ".join(f"{k}={v}" for k, v in params.items() if k != reference)
+    with backend_errors("loading the hyperparameters"):
+        settable = {p.name for p in data.hparams().params}
     if st.button(
         f"Launch {name} ({given}) from job {job_id}",
         type="primary",
@@ -173,7 +177,8 @@ if by_angle:
             "model": job.model,
             "dataset": job.dataset,
             "strategy": strategy,
-            "hparams": spec["hparams"],
+            # The reference's hyperparameters that a request may set (`/catalog/hparams`).
+            "hparams": {k: v for k, v in spec["hparams"].items() if k in settable},
             **{k: spec[k] for k in SPEC_KEYS},
         }
         with backend_errors("the backend refused the job"):

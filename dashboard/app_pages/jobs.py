@@ -4,6 +4,7 @@ with cancel and retry."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import streamlit as st
 
@@ -12,6 +13,7 @@ from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.client import get_client
 from dashboard.config import get_settings
+from dashboard.progress import EMPTY, cell, duration_text, epoch_text, eta_seconds, status_text
 from dashboard.shaping import metrics_table
 from dashboard.ui import backend_errors, flash, init_state, job_label, recipe, show_flash, table
 
@@ -46,21 +48,23 @@ def _active(job: JobPublic) -> bool:
     return not job.status.terminal
 
 
-def _row(job: JobPublic) -> dict:
+def _row(job: JobPublic, now: datetime) -> dict:
     info = job.progress_info
+    speed = info.get("images_per_sec")
     return {
         "id": job.id,
         "kind": str(job.kind),
         "strategy": recipe(job),
-        "seed": job.seed,
-        "model": job.model,
-        "dataset": job.dataset,
-        "status": str(job.status),
+        "seed": cell(job.seed),
+        "model": cell(job.model),
+        "dataset": cell(job.dataset),
+        "status": status_text(job),
         "progress": job.progress,
-        "epoch": info.get("epoch"),
-        "images/s": info.get("images_per_sec"),
-        "device": info.get("device") or (job.result or {}).get("device"),
-        "worker": job.worker,
+        "epoch": cell(epoch_text(job)),
+        "ETA": duration_text(eta_seconds(job, now)),
+        "images/s": f"{speed:.0f}" if isinstance(speed, int | float) else EMPTY,
+        "device": cell(info.get("device") or (job.result or {}).get("device")),
+        "worker": cell(job.worker),
         "attempts": job.attempts,
     }
 
@@ -92,14 +96,15 @@ def job_table(page: int, pages: int, polling: bool) -> list[JobPublic]:
         "on this page"
         + (f" · refreshing every {settings.dashboard_refresh_s:g}s" if active else "")
     )
+    now = datetime.now(UTC)
     table(
-        [_row(j) for j in jobs],
+        [_row(j, now) for j in jobs],
         key="jobs-table",
         column_config={
             "progress": st.column_config.ProgressColumn(
                 "progress", min_value=0.0, max_value=1.0, format="percent"
             ),
-            "images/s": st.column_config.NumberColumn("images/s", format="%.0f"),
+            "worker": st.column_config.TextColumn("worker", width="large"),
         },
     )
     return jobs
@@ -119,11 +124,18 @@ if not jobs:
 
 st.divider()
 st.subheader("Job details")
+# A running job first, then a queued one, then the newest; the choice then stays by key.
+shown = {j.id: j for j in jobs}
+first = min(
+    range(len(jobs)),
+    key=lambda i: (jobs[i].status != JobStatus.RUNNING, jobs[i].status != JobStatus.QUEUED, i),
+)
 selected = st.selectbox(
     "Job",
-    [j.id for j in jobs],
+    list(shown),
+    index=first,
     key="job-select",
-    format_func=lambda i: job_label(next(j for j in jobs if j.id == i)),
+    format_func=lambda i: job_label(shown[i]),
 )
 
 
@@ -134,17 +146,22 @@ def job_detail(job_id: int, polling: bool) -> None:
         metrics = metrics_table(data.metrics(job_id)) if job.kind != JobKind.SOUP else []
     if polling and not _active(job):
         st.rerun()  # finished while we watched: redraw the page (buttons, curves) once
-    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-    c1.progress(job.progress, text=f"{job.status} · {100 * job.progress:.0f}%")
+    c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 1])
+    where = epoch_text(job)
+    c1.progress(
+        job.progress,
+        text=f"{status_text(job)} · {100 * job.progress:.0f}%" + (f" · {where}" if where else ""),
+    )
     speed = job.progress_info.get("images_per_sec")
-    c2.metric("images/s", f"{speed:.0f}" if speed else "—")
-    if c3.button("Cancel", key="cancel-job", disabled=not _active(job) or job.cancel_requested):
+    c2.metric("images/s", f"{speed:.0f}" if speed else EMPTY)
+    c3.metric("time left", duration_text(eta_seconds(job, datetime.now(UTC))))
+    if c4.button("Cancel", key="cancel-job", disabled=not _active(job) or job.cancel_requested):
         with backend_errors(f"cancelling job {job_id}"):
             get_client().cancel(job_id)
         data.clear()
         flash(f"Cancellation of job {job_id} requested.")
         st.rerun()
-    if c4.button("Retry", key="retry-job", disabled=job.status not in RETRYABLE):
+    if c5.button("Retry", key="retry-job", disabled=job.status not in RETRYABLE):
         with backend_errors(f"retrying job {job_id}"):
             get_client().retry(job_id)
         data.clear()

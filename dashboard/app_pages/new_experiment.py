@@ -21,6 +21,8 @@ from dashboard.ui import backend_errors, init_state, reference_order, show_flash
 
 OTHER_MODEL = "other timm model…"
 IMAGEFOLDER = "imagefolder:"
+# The hyperparameter the "Seeds" box sets: one job per seed (`POST /experiments`'s `seeds`).
+SEED = "seed"
 
 init_state()
 st.title("New experiment")
@@ -28,6 +30,7 @@ show_flash()
 
 with backend_errors("loading the catalogues"):
     models, datasets, strategies = data.models(), data.datasets(), data.strategies()
+    hparam_entry = data.hparams()
 shift_names = [s.name for s in datasets.shifts]
 
 left, right = st.columns(2)
@@ -79,6 +82,7 @@ if model:
 unit_names = [u.name for u in preview.unit_map.units] if preview else []
 
 params: dict[str, dict] = {}
+problems: dict[str, str] = {}  # what blocks Launch: "<field>" -> why
 with_params = [n for n in chosen if catalog[n].params]
 if with_params:
     with backend_errors("loading finished fine-tuning jobs"):
@@ -91,27 +95,31 @@ if with_params:
         )
     for name in with_params:
         st.subheader(name)
-        params[name] = param_widgets(
+        filled = param_widgets(
             catalog[name],
             prefix=f"param-{name}",
             units=unit_names,
             jobs=references,
             no_jobs=f"no finished fine-tuning job of {model} on {dataset} yet",
         )
+        params[name] = filled.values
+        problems |= {f"{name}.{p}": why for p, why in filled.problems.items()}
 
 if preview:
     ready = {s.name: s for s in preview.strategies}  # the parameter-free strategies
     selections: list[SelectionPublic] = []
-    problems: list[str] = []
+    refused: list[str] = []
     for name in chosen:
         if name in ready:
             selections.append(ready[name])
             continue
+        if any(f.startswith(f"{name}.") for f in problems):
+            continue  # its widgets show what to fix; nothing to preview yet
         body = {"model": model, "dataset": dataset, "strategy": {"name": name, **params[name]}}
         try:
             selection = data.preview(body)
         except ApiError as exc:
-            problems.append(f"{name}: {exc.message}")
+            refused.append(f"{name}: {exc.message}")
             continue
         selections.append(selection)
         for note in selection.notes:
@@ -126,39 +134,46 @@ if preview:
         key="unit-grid",
         width="stretch",
     )
-    for message in problems:
+    for message in refused:
         st.warning(message)
 elif units_error:
     st.info(f"No unit preview for {model}: {units_error}")
 
 st.subheader("Seeds and hyperparameters")
-h1, h2, h3, h4 = st.columns(4)
-seeds_text = h1.text_input("Seeds (comma-separated)", "0", key="seeds")
-epochs = h2.number_input("Epochs", min_value=1, max_value=1000, value=3, key="hp-epochs")
-lr = h3.number_input(
-    "Learning rate", min_value=1e-7, max_value=1.0, value=1e-3, format="%.6f", key="hp-lr"
+seeds_text = st.text_input(
+    "Seeds (comma-separated): one job per strategy and seed", "0", key="seeds"
 )
-batch_size = h4.number_input(
-    "Batch size", min_value=1, max_value=4096, value=64, key="hp-batch-size"
-)
+try:
+    seeds = [int(s) for s in seeds_text.replace(" ", "").split(",") if s] or [0]
+except ValueError:
+    seeds = []
+    problems["seeds"] = f"seeds must be whole numbers separated by commas, got {seeds_text!r}"
+    st.error(problems["seeds"])
+# Every hyperparameter of the API's request schema, with its default and accepted range.
+hp = param_widgets(hparam_entry, prefix="hp", fixed={SEED: seeds[0] if seeds else 0}, columns=4)
+problems |= hp.problems
+hparams = {k: v for k, v in hp.values.items() if k != SEED}
 shifts = st.multiselect(
     "Evaluate under shifts after training", shift_names, key="experiment-shifts"
 )
-name = st.text_input("Experiment name", value=f"{model} on {dataset}", key="experiment-name")
+default_name = f"{model} on {dataset}"
+name = st.text_input("Experiment name", key="experiment-name", placeholder=default_name).strip()
 
-if st.button("Launch", type="primary", key="submit-experiment", disabled=not chosen or not model):
-    try:
-        seeds = [int(s) for s in seeds_text.replace(" ", "").split(",") if s]
-    except ValueError:
-        st.error(f"seeds must be whole numbers separated by commas, got {seeds_text!r}")
-        st.stop()
+blockers = list(problems.values())
+if not chosen:
+    blockers.insert(0, "choose at least one strategy")
+if not model:
+    blockers.insert(0, "name a timm model")
+if blockers:
+    st.caption("Launch is disabled until these are fixed: " + "; ".join(blockers))
+if st.button("Launch", type="primary", key="submit-experiment", disabled=bool(blockers)):
     body = {
-        "name": name,
+        "name": name or default_name,
         "model": model,
         "dataset": dataset,
         "strategies": [{"name": n, **params.get(n, {})} for n in chosen],
-        "seeds": seeds or [0],
-        "hparams": {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size)},
+        "seeds": seeds,
+        "hparams": hparams,
         "shifts": shifts,
     }
     with backend_errors("the backend refused the experiment"):

@@ -16,6 +16,7 @@ from dashboard.soup_view import (
     family,
     family_label,
     incompatibility,
+    lineage_rows,
     same_recipe,
     trace_points,
 )
@@ -64,7 +65,8 @@ else:
         help="; ".join(f"{m.name}: {m.description}" for m in methods.values()),
     )
     st.caption(methods[method].description)
-    params = param_widgets(methods[method], prefix=f"soup-param-{method}")
+    filled = param_widgets(methods[method], prefix=f"soup-param-{method}")
+    params = filled.values
     shifts = st.multiselect(
         "Evaluate under shifts", [s.name for s in datasets.shifts], key="soup-shifts"
     )
@@ -83,8 +85,9 @@ else:
         "Build soup",
         type="primary",
         key="submit-soup",
-        disabled=len(ingredients) < 2,
-        help="pick at least two ingredients",
+        disabled=len(ingredients) < 2 or not filled.ok,
+        help="pick at least two ingredients"
+        + "".join(f"; {why}" for why in filled.problems.values()),
     ):
         body = {"ingredients": ingredients, "method": method, "shifts": shifts}
         if params:
@@ -108,6 +111,14 @@ soup_job_id = st.selectbox(
     "Soup", list(soup_jobs), key="soup-select", format_func=lambda i: job_label(soup_jobs[i])
 )
 soup_job = soup_jobs[soup_job_id]
+
+# Lineage: the ingredients the soup was made of, where they came from and what they scored.
+with backend_errors(f"loading the ingredients of soup {soup_job_id}"):
+    ingredient_ids = [int(i) for i in soup_job.config["ingredients"]]
+    made_of = {i: data.job(i) for i in ingredient_ids}
+    built = data.soup(soup_job_id) if soup_job.status == JobStatus.SUCCEEDED else None
+st.caption(f"Soup #{soup_job_id}: {soup_job.config['method']} of {len(ingredient_ids)} ingredients")
+table(lineage_rows(ingredient_ids, made_of, built.trace if built else ()), key="soup-lineage")
 if soup_job.status != JobStatus.SUCCEEDED:
     st.info(
         f"Soup job {soup_job_id} is {soup_job.status}: results appear when it "
@@ -115,8 +126,8 @@ if soup_job.status != JobStatus.SUCCEEDED:
     )
     st.stop()
 with backend_errors(f"loading soup {soup_job_id}"):
-    soup = data.soup(soup_job_id)
-    ingredient_jobs = [data.job(i) for i in soup.ingredients]
+    soup = built or data.soup(soup_job_id)
+    ingredient_jobs = [made_of.get(i) or data.job(i) for i in soup.ingredients]
     # Other soups of the same ingredients (their spec names them) to compare against.
     recipe = sorted(soup.ingredients)
     others = same_recipe(

@@ -398,6 +398,9 @@ def test_soups_page_explains_compatibility_builds_and_shows_results(
     assert soup_job["config"]["ingredients"] == [a, b]
     assert soup_job["config"]["method"] == "greedy"
     assert any("results appear when it succeeds" in i.value for i in at.info)
+    queued_lineage = frame(at, "soup-lineage")  # its ingredients, before it is built
+    assert list(queued_lineage["job"]) == [a, b]
+    assert set(queued_lineage["in soup"]) == {"—"}
 
     engine.finish(dashboard_env, soup_job["id"])
     with dashboard_env.client() as client:
@@ -422,6 +425,12 @@ def test_soups_page_explains_compatibility_builds_and_shows_results(
     assert bars["greedy soup"] == {"in-distribution": soup["score_in"], **soup["scores_out"]}
     assert set(soup["scores_out"]) == {"blur"}
     results = {i: job(dashboard_env, i)["result"] for i in (a, b)}
+    lineage = frame(at, "soup-lineage")
+    assert list(lineage["job"]) == soup["ingredients"]
+    kept = {t["job_id"]: "yes" if t["accepted"] else "no" for t in soup["trace"]}
+    assert dict(zip(lineage["job"], lineage["in soup"], strict=True)) == kept
+    assert list(lineage["test acc"]) == [f"{results[i]['test_acc']:.4f}" for i in (a, b)]
+    assert set(lineage["experiment"]) == {f"#{created['experiment']['id']}"}
     best = max(results, key=lambda i: results[i]["heldout_acc"])
     assert bars[f"best ingredient (#{best})"] == {
         "in-distribution": results[best]["test_acc"],
@@ -443,7 +452,7 @@ def test_jobs_page_follows_progress_of_running_jobs(dashboard_env: Backend):
     at.selectbox(key="jobs-experiment").set_value(created["experiment"]["id"]).run()
     assert_clean(at, dashboard_env)
     rows = frame(at, "jobs-table")
-    assert list(rows["progress"]) == [0.4] and list(rows["images/s"]) == [1234.0]
+    assert list(rows["progress"]) == [0.4] and list(rows["images/s"]) == ["1234"]
     assert any("refreshing every" in c.value for c in at.caption)
     at.selectbox(key="job-select").set_value(job_id).run()
     assert not at.button(key="cancel-job").disabled

@@ -17,6 +17,7 @@ from dashboard.soup_view import (
     family,
     family_label,
     incompatibility,
+    lineage_rows,
     same_recipe,
     trace_points,
 )
@@ -191,3 +192,28 @@ def test_same_recipe_keeps_other_succeeded_soups_of_the_same_ingredients():
         _soup(12, "b", status="failed"),
     ]
     assert [o.id for o in same_recipe(soup, others)] == [10]
+
+
+def test_lineage_lists_every_ingredient_and_whether_the_soup_kept_it():
+    jobs = {
+        1: _job(1, experiment_id=3, result={"heldout_acc": 0.5, "test_acc": 0.25}),
+        2: _job(2, seed=None, result=None),
+    }
+    trace = [
+        {"order": 0, "job_id": 1, "accepted": True},
+        {"order": 1, "job_id": 2, "accepted": False},
+    ]
+    rows = lineage_rows([2, 1, 9], jobs, trace)
+    assert [r["job"] for r in rows] == [2, 1, 9]
+    assert rows[1] == {
+        "job": 1,
+        "strategy": "full",
+        "seed": "0",
+        "experiment": "#3",
+        "held-out acc": "0.5000",
+        "test acc": "0.2500",
+        "in soup": "yes",
+    }
+    assert rows[0]["in soup"] == "no" and rows[0]["seed"] == "—" and rows[0]["test acc"] == "—"
+    assert set(rows[2].values()) == {9, "—"}  # a job the page could not read
+    assert {r["in soup"] for r in lineage_rows([1, 2], jobs)} == {"—"}  # not built yet

@@ -1,11 +1,15 @@
-"""``/catalog/*``: the models, datasets, shifts, strategies and soup methods a job may use,
-each from its registry (torch-free)."""
+"""``/catalog/*``: the models, datasets, shifts, strategies, soup methods and training
+hyperparameters a job may use, each from its registry or request schema (torch-free)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-from contract.api import DatasetsCatalog, ModelPublic, RegistryEntry
+from fastapi import APIRouter
+from pydantic.fields import FieldInfo
+
+from backend.schemas import HparamsCreate
+from contract.api import DatasetsCatalog, ModelPublic, ParamPublic, RegistryEntry
 from pft import dataset_catalog, strategies
 from pft.model_catalog import CATALOG, shape_table
 from pft.soups import registry as merges
@@ -46,3 +50,42 @@ def strategy_catalogue() -> list[RegistryEntry]:
 def soup_catalogue() -> list[RegistryEntry]:
     """Merge methods for ``POST /soups`` with their parameters."""
     return [RegistryEntry.model_validate(entry) for entry in merges.catalogue()]
+
+
+_KINDS = {bool: "bool", int: "int", float: "float"}  # bool first: a bool is an int too
+
+
+def _hparam(name: str, info: FieldInfo) -> ParamPublic:
+    """One field of `backend.schemas.HparamsCreate` as a catalogue parameter: its kind, default
+    and the bounds its validators enforce (``ge``/``gt``/``le``/``lt``)."""
+    bounds: dict[str, Any] = {}
+    for rule in info.metadata:  # annotated_types.Ge / Gt / Le / Lt
+        for attr, side, exclusive in (
+            ("ge", "minimum", False),
+            ("gt", "minimum", True),
+            ("le", "maximum", False),
+            ("lt", "maximum", True),
+        ):
+            if getattr(rule, attr, None) is not None:
+                bounds[side] = float(getattr(rule, attr))
+                bounds[f"exclusive_{side}"] = exclusive
+    kind = next((k for t, k in _KINDS.items() if info.annotation is t), "text")
+    return ParamPublic(
+        name=name,
+        kind=kind,
+        description=info.description or "",
+        default=info.get_default(call_default_factory=True),
+        **bounds,
+    )
+
+
+@router.get("/hparams", response_model=RegistryEntry)
+def hparam_catalogue() -> RegistryEntry:
+    """The training hyperparameters of a fine-tuning job or experiment (``hparams`` of
+    ``POST /jobs`` and ``POST /experiments``) with their defaults and accepted ranges, read
+    from the request schema that enforces them."""
+    return RegistryEntry(
+        name="hparams",
+        description=(HparamsCreate.__doc__ or "").strip(),
+        params=[_hparam(n, f) for n, f in HparamsCreate.model_fields.items()],
+    )
