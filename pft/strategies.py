@@ -15,7 +15,10 @@ ATTN/FFN strategies refuse it naming the strategies that apply (``full``, ``line
 
 ``angle_topk`` tunes K units per group: ``k`` for every group (a K larger than a group takes the
 whole group; the preview says so), or ``k_groups``: a fraction of each group (``0.5``: half of
-each group, rounded, at least one unit) or ``{group: k}`` for every group.
+each group, rounded, at least one unit) or ``{group: k}`` for every group. ``criterion_topk``
+is the same selection over per-unit ``scores`` from any selection criterion (`pft.criteria`:
+relative gradient norm, Fisher information, angles of a short run; `pft rank` prints them),
+largest first by default; ``angle_topk`` stays the paper's name for the angle case.
 
 A strategy declares its parameters (`StrategyParam`: kind, range, default, help) and checks
 them itself; everything else (the API's request schema and catalogue, the CLI's options, the
@@ -53,6 +56,9 @@ class StrategyParam:
     minimum: float | None = None
     maximum: float | None = None
     required: bool = False
+    # True: the bound itself is refused (``lr > 0``); bounds are inclusive otherwise.
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
     public: bool = True  # False: the lab fills it (never asked from a user, never shown)
     fills: str | None = None  # the parameter that `prepare_params` derives from this one
     # A model-dependent value that UIs and `pft strategies` suggest when none is given.
@@ -79,6 +85,8 @@ class StrategyParam:
             "minimum": self.minimum,
             "maximum": self.maximum,
             "required": self.required,
+            "exclusive_minimum": self.exclusive_minimum,
+            "exclusive_maximum": self.exclusive_maximum,
         }
 
     def _fail(self, accepted: str, value: Any) -> PftError:
@@ -94,13 +102,20 @@ def _check_number(p: StrategyParam, value: Any, integer: bool) -> int | float:
     low = p.minimum if p.minimum is not None else None
     high = p.maximum if p.maximum is not None else None
     what = "an integer" if integer else "a number"
-    if low is not None and high is not None:
+    above, below = (">" if p.exclusive_minimum else ">="), ("<" if p.exclusive_maximum else "<=")
+    if low is not None and high is not None and not (p.exclusive_minimum or p.exclusive_maximum):
         what += f" from {low:g} to {high:g}"
+    elif low is not None and high is not None:
+        what += f" {above} {low:g} and {below} {high:g}"
     elif low is not None:
-        what += f" >= {low:g}"
+        what += f" {above} {low:g}"
     elif high is not None:
-        what += f" <= {high:g}"
-    if not ok or (low is not None and value < low) or (high is not None and value > high):
+        what += f" {below} {high:g}"
+    if not ok:
+        raise p._fail(what, value)
+    too_low = low is not None and (value <= low if p.exclusive_minimum else value < low)
+    too_high = high is not None and (value >= high if p.exclusive_maximum else value > high)
+    if too_low or too_high:
         raise p._fail(what, value)
     return value if integer else float(value)
 
@@ -125,10 +140,9 @@ def _check_units(p: StrategyParam, value: Any, um: UnitMap | None) -> list[str]:
 
 
 def _check_angles(p: StrategyParam, value: Any, um: UnitMap | None) -> dict[str, float]:
+    """A number per unit (angles in degrees, or a criterion's scores)."""
     if not isinstance(value, Mapping):
-        raise PftError(
-            f"{p.name} must map unit names to degrees (from a full fine-tuning run)", field=p.name
-        )
+        raise PftError(f"{p.name} must map unit names to numbers: {p.description}", field=p.name)
     if um is None:
         return dict(value)
     for name in um.unit_names:
@@ -368,25 +382,33 @@ def _topk_notes(um: UnitMap, p: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _angle_topk(um: UnitMap, p: dict) -> list[str]:
-    angles: Mapping[str, float] = p["angles"]
-    order = p["order"]
-    ks = k_per_group(um, p)
+def top_k(um: UnitMap, values: Mapping[str, float], order: str, ks: Mapping[str, int]) -> list[str]:
+    """The ``ks[group]`` units of each group with the largest (or smallest) ``values``; ties go
+    to the earlier block."""
     chosen = []
     for group, units in um.groups.items():
         ranked = sorted(
             units,
-            key=lambda u: (-angles[u.name] if order == "largest" else angles[u.name], u.block),
+            key=lambda u: (-values[u.name] if order == "largest" else values[u.name], u.block),
         )
         chosen += [u.name for u in ranked[: ks[group]]]
     return chosen
+
+
+def _ranked_by(values_param: str) -> Callable[[UnitMap, dict], list[str]]:
+    """Top-K per group ranked by the per-unit numbers in parameter ``values_param``."""
+
+    def select(um: UnitMap, p: dict) -> list[str]:
+        return top_k(um, p[values_param], p["order"], k_per_group(um, p))
+
+    return select
 
 
 def _custom(um: UnitMap, p: dict) -> list[str]:
     return list(p["units"])
 
 
-_TOPK_PARAMS = (
+_K_PARAMS = (
     StrategyParam(
         "k",
         "int",
@@ -399,6 +421,9 @@ _TOPK_PARAMS = (
         "group_k",
         "instead of k: a fraction of each group (0.5) or {group: k} for every group",
     ),
+)
+_TOPK_PARAMS = (
+    *_K_PARAMS,
     StrategyParam(
         "order",
         "choice",
@@ -418,6 +443,30 @@ _TOPK_PARAMS = (
         "job",
         "a succeeded full fine-tuning job whose final unit angles rank the units",
         fills="angles",
+    ),
+)
+_CRITERION_TOPK_PARAMS = (
+    *_K_PARAMS,
+    StrategyParam(
+        "order",
+        "choice",
+        "largest scores (the most important units for gradient criteria) or smallest",
+        default="largest",
+        choices=ORDERS,
+    ),
+    StrategyParam(
+        "scores",
+        "angles",
+        "per-unit scores from a selection criterion (`pft rank`)",
+        required=True,
+        public=False,
+    ),
+    StrategyParam(
+        "reference_job",
+        "job",
+        "a succeeded job whose per-unit scores rank the units (a full fine-tuning job: its "
+        "final angles)",
+        fills="scores",
     ),
 )
 
@@ -487,8 +536,16 @@ _ALL: list[Strategy] = [
     Strategy(
         "angle_topk",
         "FAPFT: tune the top-K units per group ranked by fine-tuned angle",
-        _angle_topk,
+        _ranked_by("angles"),
         params=_TOPK_PARAMS,
+        one_of=("k", "k_groups"),
+    ),
+    Strategy(
+        "criterion_topk",
+        "Tune the top-K units per group ranked by a selection criterion's per-unit scores "
+        "(relative gradient norm, Fisher, angles; see `pft rank`)",
+        _ranked_by("scores"),
+        params=_CRITERION_TOPK_PARAMS,
         one_of=("k", "k_groups"),
     ),
     Strategy(

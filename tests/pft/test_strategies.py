@@ -21,11 +21,12 @@ MODELS = [
 
 def params_for(name, um, k=1, seed=0):
     rng = random.Random(seed)
-    if name == "angle_topk":
+    if STRATEGIES[name].one_of:  # the ranked strategies: K and a number per unit
+        ranked_by = next(p.name for p in STRATEGIES[name].params if p.kind == "angles")
         return {
             "k": k,
             "order": "largest",
-            "angles": {u: rng.uniform(0, 10) for u in um.unit_names},
+            ranked_by: {u: rng.uniform(0, 10) for u in um.unit_names},
         }
     if name == "custom":
         return {"units": [um.unit_names[0], um.unit_names[-1]]}
