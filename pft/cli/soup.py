@@ -1,5 +1,7 @@
 """`pft soup METHOD`: one subcommand per method of the merge registry (`pft.soups.registry`),
-all built by the one soup pipeline (`pft.soups.pipeline.make_soup`)."""
+all built by the one soup pipeline (`pft.soups.pipeline.make_soup`). Method parameters are
+``--param KEY=VALUE``; a method's trace (greedy's decisions) and mixing weights (a scale chosen
+on held-out, per-unit weights) are printed after the soup."""
 
 from __future__ import annotations
 
@@ -33,7 +35,23 @@ def _method_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _print_mixing(mixing: dict[str, Any]) -> None:
+    if mixing.get("grid"):
+        rows = [[f"{g['scale']:g}", f"{g['heldout']:.4f}"] for g in mixing["grid"]]
+        print_table(rows, ["scale", "soup (held-out)"])
+    if mixing.get("units"):
+        weight = mixing["weight"]
+        rows = [
+            [group, f"{row['weight']:.4f}", row["ingredients"]]
+            for group, row in mixing["units"].items()
+        ]
+        print_table(rows, ["unit", weight, "ingredients"])
+    if mixing.get("grid"):
+        typer.echo(f"scale {mixing['scale']:g} chosen on held-out")
+
+
 def _print(method: MergeMethod, checkpoints: list[Path], result: dict, out: Path | None) -> None:
+    _print_mixing(result.get("mixing") or {})
     if result["trace"]:
         rows = [
             [
@@ -72,16 +90,21 @@ def _command(method: MergeMethod):  # noqa: ANN202 (a typer command)
     ) -> None:
         from pft.soups.pipeline import make_soup
 
+        params = _method_params(param)
+        try:
+            scores = method.heldout_candidates(len(checkpoints), method.validate(params)) > 0
+        except PftError as exc:
+            fail(str(exc))
         # Methods that score on held-out read the dataset anyway and evaluate; the others
         # only average, unless a dataset or a shift asks for an evaluation.
-        evaluate = method.needs_heldout or dataset is not None or bool(shift)
+        evaluate = scores or dataset is not None or bool(shift)
         if out is None and not evaluate:
             fail(f"give --out for the {method.name} soup (or --dataset to evaluate it)")
         try:
             result = make_soup(
                 method.name,
                 checkpoints,
-                params=_method_params(param),
+                params=params,
                 dataset=dataset,
                 shifts=list(shift or []),
                 out=out,

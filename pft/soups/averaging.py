@@ -82,8 +82,12 @@ def full_state(delta: State, base: State) -> dict[str, torch.Tensor]:
 @dataclass
 class Merged:
     """A merge method's outcome: the soup (a delta over ``base``), the ingredients it holds
-    (indices into the ingredients given) and, for methods that decide, their trace."""
+    (indices into the ingredients given), for methods that choose ingredients their trace
+    (greedy: one decision per ingredient), and for methods that weigh groups their mixing:
+    ``{"weight": what a group's weight is ("scale", "kept", "t"), "units": {group: {"weight",
+    "ingredients", ...}}, ...}`` plus the method's own values (a chosen scale, its grid)."""
 
     soup: dict[str, torch.Tensor]
     selected: list[int]
     trace: list[dict[str, Any]] = field(default_factory=list)
+    mixing: dict[str, Any] = field(default_factory=dict)

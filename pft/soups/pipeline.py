@@ -5,7 +5,8 @@ The CLI (`pft soup ...`), the job runner (soup jobs) and the reproduction study 
 `make_soup`. Ingredients are read lazily, one tensor at a time, so memory does not grow with
 their number. Methods that need the held-out split (greedy) re-score every ingredient here
 unless ``heldout_scores`` are given: scores recorded on another device or precision would
-bias the strict comparison.
+bias the strict comparison. A method's per-group mixing weights (``Merged.mixing``) are
+returned and saved with the soup's lineage (``strategy_params["mixing"]``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class SoupScorer:
         self.device = torch.device(device)
         self.model = base_from_meta(meta)
         self.base = {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
+        # State-dict entries that are not parameters (BatchNorm statistics): merged as means.
+        self.buffers = frozenset(self.base) - {n for n, _ in self.model.named_parameters()}
         self.model.to(self.device).eval()
         self.data_config = meta["data_config"]
         self.data: DatasetSplits | None = None
@@ -128,14 +131,17 @@ def make_soup(
     ``on_progress({"progress", "step", "total_steps"})``. ``heldout_scores`` skip re-scoring
     the ingredients alone; ``limit`` keeps the first N images of each split (smoke runs).
 
-    Returns ``{"method", "ingredients", "selected" (indices), "trace", "model", "dataset",
-    "tuned_params", "device"}`` plus, when evaluated, ``"heldout_acc", "test_acc",
-    "test_loss", "shifts": {spec: {"acc", "loss"}}``.
+    Returns ``{"method", "params", "ingredients", "selected" (indices), "trace", "mixing",
+    "model", "dataset", "tuned_params", "device"}`` plus, when evaluated, ``"heldout_acc",
+    "test_acc", "test_loss", "shifts": {spec: {"acc", "loss"}}``.
     """
     merge_method = get_method(method)
     method_params = merge_method.validate(params)
     if len(checkpoints) < MIN_INGREDIENTS:
-        raise PftError(f"a soup needs at least {MIN_INGREDIENTS} checkpoints")
+        raise PftError(
+            f"a soup needs at least {MIN_INGREDIENTS} checkpoints, got {len(checkpoints)}",
+            field="ingredients",
+        )
     labels = list(labels) if labels is not None else [str(p) for p in checkpoints]
     opened = [open_ingredient(p) for p in checkpoints]
     deltas = [w for w, _ in opened]
@@ -143,10 +149,11 @@ def make_soup(
     same_base(metas)
     same_dataset(metas, labels)
     dataset = dataset or metas[0]["dataset"]
-    read_data = evaluate or merge_method.needs_heldout
+    candidates = merge_method.heldout_candidates(len(deltas), method_params)
+    read_data = evaluate or candidates > 0
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     scorer = SoupScorer(metas[0], dataset if read_data else None, device, limit)
-    steps = (len(deltas) if merge_method.needs_heldout else 0) + 2
+    steps = candidates + 2
     done = 0
 
     def progress() -> None:
@@ -169,8 +176,9 @@ def make_soup(
     merged: Merged = builder.merge(
         deltas,
         scorer.base,
-        score=heldout if merge_method.needs_heldout else None,
+        score=heldout if candidates > 0 else None,
         heldout_scores=heldout_scores,
+        buffers=scorer.buffers,
         **method_params,
     )
     cancel_point()
@@ -181,6 +189,7 @@ def make_soup(
         "ingredients": labels,
         "selected": merged.selected,
         "trace": merged.trace,
+        "mixing": merged.mixing,
         "model": metas[0]["base_model"],
         "dataset": dataset,
         "tuned_params": _tuned_params(merged.soup),
@@ -201,6 +210,7 @@ def make_soup(
                 "ingredients": labels,
                 "selected": [labels[i] for i in merged.selected],
                 **method_params,
+                **({"mixing": merged.mixing} if merged.mixing else {}),
             },
             "dataset": dataset,
         }

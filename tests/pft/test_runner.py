@@ -125,7 +125,9 @@ def test_cli_and_runner_build_the_same_soup(tmp_path, ingredients, method):
     assert result.soup["scores_out"] == {"blur": result.summary["shifts"]["blur"]["acc"]}
     for t in result.soup["trace"]:  # decisions name the ingredient jobs
         assert t["job_id"] == ids[t["ingredient"]]
-    if MERGE_METHODS[method].needs_heldout:
+    if MERGE_METHODS[method].needs_heldout:  # a choice made on held-out: recorded
+        assert result.soup["trace"] or result.summary["mixing"]["grid"]
+    if result.soup["trace"]:  # a method that chose its ingredients: one decision each
         assert len(result.soup["trace"]) == len(ids) and result.soup["trace"][0]["accepted"]
 
 
