@@ -12,7 +12,6 @@ model needs no extra copy of its weights.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +20,7 @@ import torch
 
 from contract.vocab import AngleScope
 from pft.errors import PftError
-from pft.units import UnitMap
-
-_PART = re.compile(r"\.(qkv|proj|fc1|fc2|norm1|norm2)\.")
+from pft.units import UnitMap, tensor_part
 
 
 @dataclass(frozen=True)
@@ -120,12 +117,6 @@ def unit_rows(
         row = {"name": name, "angle_deg": deg, "rel_change": rel_change.get(name)}
         entries.append(row | {"group": group, "block": block})
     return angle_rows({"units": entries})
-
-
-def tensor_part(name: str) -> str:
-    """The heatmap column of a tensor: qkv, proj, fc1, fc2, norm1, norm2 or other."""
-    m = _PART.search(name)
-    return m[1] if m else "other"
 
 
 def angle_from_sums(diff_sq: float, sum_sq: float) -> float:

@@ -4,6 +4,13 @@ A delta checkpoint is a safetensors file holding only the tensors a strategy tun
 metadata (``format=pft-delta-1``, base model, strategy, classes, data config, hyper-parameters)
 that is enough to rebuild the pre-trained point (`pft.base_model`) and apply the delta on top.
 Nothing here unpickles: tensors live in safetensors, everything else in JSON.
+
+The tuned tensors are the tuned parameters plus the persistent buffers of every module that owns
+one (`delta_tensors`): a tuned BatchNorm's ``running_mean``, ``running_var`` and
+``num_batches_tracked`` travel with its weight and bias, so a rebuilt model evaluates exactly as
+the trained one. Buffers of frozen modules stay out (they keep their pre-trained values). Deltas
+written before buffers were stored (parameters only) still apply: their modules keep the base's
+buffers.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +96,28 @@ def delta_metadata(
     }
 
 
+def tuned_buffers(model: nn.Module, tuned: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The persistent buffers (state-dict entries) of every module that directly owns a tuned
+    parameter, by state-dict name: a tuned BatchNorm's running statistics, not a frozen one's."""
+    owners = {name.rpartition(".")[0] for name in tuned}
+    persistent = model.state_dict(keep_vars=True).keys()
+    out = {}
+    for prefix in sorted(owners):
+        for leaf, buf in model.get_submodule(prefix).named_buffers(recurse=False):
+            name = f"{prefix}.{leaf}" if prefix else leaf
+            if name in persistent:
+                out[name] = buf
+    return out
+
+
+def delta_tensors(model: nn.Module, tuned: Iterable[str]) -> dict[str, torch.Tensor]:
+    """What a delta checkpoint of ``model`` holds: the ``tuned`` parameters and the buffers of
+    the modules that own them (`tuned_buffers`). The one writer of a run's delta calls this."""
+    tuned = list(tuned)
+    params = dict(model.named_parameters())
+    return {t: params[t] for t in tuned} | tuned_buffers(model, tuned)
+
+
 def save_delta(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     encoded = {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()
@@ -159,8 +188,10 @@ def base_from_meta(meta: Mapping[str, Any]) -> nn.Module:
 
 
 def apply_delta(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
-    """Copies delta tensors into ``model``; PftError if they do not fit its parameters."""
-    params = dict(model.named_parameters())
+    """Copies delta tensors (parameters and persistent buffers) into ``model``; PftError if one
+    does not fit. A parameters-only delta (written before buffers were stored) leaves every
+    buffer at the base's value."""
+    params = dict(model.state_dict(keep_vars=True))  # parameters and persistent buffers
     for name, value in tensors.items():
         target = params.get(name)
         if target is None or tuple(target.shape) != tuple(value.shape):

@@ -14,6 +14,21 @@ is split (``ATTN:0``, ``ATTN:1``, ...). The head (``head``, ``head.fc`` and a di
 embedding, downsampling, pre-trained MAP pooling ``attn_pool``, block tensors outside both
 branches such as ``swinv2_cr``'s ``norm3``) and the final norm are tuned only by full
 fine-tuning.
+
+Where the debatable tensors go, and why:
+
+* ``attn_pool`` (the MAP pooling of SigLIP/PE/some ViTs, up to 8% of a model) is pre-trained,
+  not new: tuning it always would make a linear probe tune far more than a classifier, and its
+  attention is not a residual sub-layer (a learned query replaces the tokens), so it is not a
+  unit either. It sits with the stem: tuned only by ``full``.
+* ``swinv2_cr``'s block-level ``norm3`` (every few blocks, after both branches) belongs to
+  neither residual branch, so it joins no unit; like the stem it is tuned only by ``full``.
+* EVA-02's separate ``attn.q_proj/k_proj/v_proj`` (and fused-qkv models' ``attn.q_bias`` /
+  ``v_bias``), SwiGLU's ``mlp.fc1_g/fc1_x`` and inner ``mlp.norm`` are ordinary members of their
+  ATTN / FFN unit; `tensor_part` labels them for heatmaps (``qkv``, ``fc1``, ``other``).
+
+`UnitMap.to_dict` lists the head, stem and final-norm tensors next to the units, so
+``pft units --json`` shows where each of these went.
 """
 
 from __future__ import annotations
@@ -42,6 +57,34 @@ _FFN_PARTS = ("norm2.", "mlp.", "ls2.", "gamma_2", "drop_path2")
 _HEAD = re.compile(r"^head(_dist)?(\.fc)?\.(weight|bias)$")
 _CONV_BRANCH = ("conv_dw.",)  # a ConvNeXt block: one residual branch, one BLOCK unit
 _FINAL_NORM = re.compile(r"^(norm|fc_norm|head\.norm)\.")
+
+# The heatmap columns of a unit's tensors, in a block's order, each with the prefixes its tensors'
+# names take after the block (`block_rest`). Everything else in a unit is ``other``.
+TENSOR_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("norm1", ("norm1.",)),
+    (
+        "qkv",  # the attention's queries, keys and values however a family stores them
+        (
+            "attn.qkv.",  # fused (ViT, DeiT, Swin, BEiT, EVA)
+            "attn.q_bias",  # separate biases of a fused qkv (BEiT, EVA, Swin-V2)
+            "attn.k_bias",
+            "attn.v_bias",
+            "attn.q_proj.",  # separate projections (EVA-02)
+            "attn.k_proj.",
+            "attn.v_proj.",
+            "attn.q.",  # CaiT class attention
+            "attn.k.",
+            "attn.v.",
+        ),
+    ),
+    ("proj", ("attn.proj.",)),
+    ("norm2", ("norm2.",)),
+    ("conv_dw", ("conv_dw.",)),  # ConvNeXt BLOCK: depthwise conv, norm, MLP
+    ("norm", ("norm.",)),
+    ("fc1", ("mlp.fc1.", "mlp.fc1_g.", "mlp.fc1_x.")),  # SwiGLU's gate and value halves too
+    ("fc2", ("mlp.fc2.",)),
+)
+OTHER_PART = "other"
 
 
 @dataclass(frozen=True)
@@ -128,7 +171,44 @@ class UnitMap:
                 }
                 for u in self.units
             ],
+            # Tensors outside the units: always tuned (head), or only by full fine-tuning.
+            "head": list(self.head),
+            "stem": list(self.stem),
+            "final_norm": list(self.final_norm),
         }
+
+
+def block_rest(name: str) -> str | None:
+    """A block tensor's name after its block (``attn.qkv.weight`` for ``blocks.3.attn.qkv.weight``,
+    ``layers.1.blocks.0.attn.qkv.weight`` and ``blocks_token_only.0.attn.qkv.weight``); None for
+    tensors outside the blocks."""
+    for pattern in (_STAGED_BLOCK, _TOKEN_BLOCK, _FLAT_BLOCK):
+        m = pattern.match(name)
+        if m:
+            return m[m.lastindex or 0]
+    return None
+
+
+def tensor_part(name: str) -> str:
+    """The heatmap column of a unit tensor (`TENSOR_PARTS`): ``norm1``, ``qkv``, ``proj``,
+    ``norm2``, ``fc1``, ``fc2`` (ConvNeXt: ``conv_dw``, ``norm``, ``fc1``, ``fc2``) or ``other``.
+
+    A part is read from the name after the block, so a sub-module's own layers are not taken
+    for the block's: EVA-02's ``attn.q_proj/k_proj/v_proj`` (and BEiT/EVA/Swin-V2 ``q_bias`` /
+    ``v_bias``) are ``qkv`` like a ViT's fused ``attn.qkv``, CaiT's class-attention ``attn.q/k/v``
+    too, SwiGLU's ``mlp.fc1_g``/``fc1_x`` are ``fc1``; ``other`` holds layer scale
+    (``ls1``, ``gamma_1``, ConvNeXt ``gamma``), attention extras (relative-position bias tables,
+    ``logit_scale``, Swin-V2's ``cpb_mlp``, ``swinv2_cr``'s ``attn.meta_mlp.fc1``, CaiT's
+    talking-heads ``proj_l``/``proj_w``) and inner norms (``attn.norm``, QK-norm ``attn.q_norm``
+    / ``k_norm``, SwiGLU ``mlp.norm``, ConvNeXt-V2 ``mlp.grn``).
+    Tensors outside the units (stem with ``attn_pool`` and ``swinv2_cr``'s ``norm3``, head, final
+    norm) have no part in a heatmap."""
+    rest = block_rest(name)
+    if rest is not None:
+        for part, prefixes in TENSOR_PARTS:
+            if rest.startswith(prefixes):
+                return part
+    return OTHER_PART
 
 
 def _numel(shape: Iterable[int]) -> int:

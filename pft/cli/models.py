@@ -23,7 +23,8 @@ def models(
     """timm models matching PATTERN; with --check, for each: mapped or refused (and why),
     depth, groups and tuned parameters per strategy (suggested K), computed on the meta
     device without weights."""
-    from pft.model_factory import check_model, matching_models
+    from pft.model_factory import check_model
+    from pft.model_picker import matching_models
 
     names = matching_models(pattern)
     if not names:

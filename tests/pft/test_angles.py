@@ -1,4 +1,5 @@
-"""Fine-tuned angles: exact rotations are recovered to 1e-6 degrees, from 1e-4 to 179 degrees."""
+"""Fine-tuned angles: exact rotations are recovered to 1e-6 degrees, from 1e-4 to 179 degrees;
+tensor parts for heatmaps across families."""
 
 import math
 
@@ -7,9 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.vocab import AngleScope
 from pft.angles import compute_angles, tensor_part
+from pft.base_model import build_pretrained
 from pft.errors import PftError
 from pft.model_catalog import unit_map_for
+from pft.model_factory import compute_shape_table
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +130,53 @@ def test_tensor_parts():
     assert tensor_part("blocks.3.mlp.fc2.bias") == "fc2"
     assert tensor_part("layers.0.blocks.1.norm1.weight") == "norm1"
     assert tensor_part("blocks.0.ls1.gamma") == "other"
+
+
+def _parts(um, unit):
+    return {t.split(".", 2)[-1]: tensor_part(t) for t in um.unit(unit).tensors}
+
+
+def test_eva02_separate_q_k_v_projections_are_the_qkv_part():
+    # meta device, no weights: EVA-02 stores q/k/v as three projections and a SwiGLU MLP
+    um = unit_map_for("eva02_base_patch14_224", 10, compute=compute_shape_table)
+    attn = _parts(um, "ATTN.0")
+    assert {attn[f"attn.{x}_proj.weight"] for x in "qkv"} == {"qkv"}
+    assert attn["attn.q_proj.bias"] == attn["attn.v_proj.bias"] == "qkv"
+    assert attn["attn.proj.weight"] == "proj" and attn["norm1.weight"] == "norm1"
+    ffn = _parts(um, "FFN.0")
+    assert ffn["mlp.fc1_g.weight"] == ffn["mlp.fc1_x.weight"] == "fc1"
+    assert ffn["mlp.fc2.weight"] == "fc2" and ffn["mlp.norm.weight"] == "other"
+
+
+def test_eva02_heatmap_rows_carry_the_qkv_part():
+    ov = dict(img_size=28, patch_size=14, depth=2, embed_dim=32, num_heads=2)
+    model = build_pretrained("eva02_base_patch14_224", 3, pretrained=False, overrides=ov)
+    um = unit_map_for("eva02_base_patch14_224", 3, ov, compute=compute_shape_table)
+    pre = {k: v.detach().double() for k, v in model.state_dict().items()}
+    ft = {k: v + 0.01 for k, v in pre.items()}
+    rows = compute_angles(pre, ft, um).rows(um)
+    parts = {r["name"]: r["part"] for r in rows if r["scope"] == AngleScope.TENSOR.value}
+    assert parts["blocks.1.attn.k_proj.weight"] == "qkv"
+    assert not any(p == "qkv" for n, p in parts.items() if ".attn." not in n)
+
+
+@pytest.mark.parametrize(
+    "name,part",
+    [
+        ("blocks.0.attn.qkv.weight", "qkv"),  # ViT
+        ("blocks.0.attn.q_bias", "qkv"),  # BEiT / EVA-01 separate biases of a fused qkv
+        ("layers.1.blocks.0.attn.v_bias", "qkv"),  # Swin-V2
+        ("blocks_token_only.1.attn.k.weight", "qkv"),  # CaiT class attention
+        ("blocks.2.attn.proj_l.weight", "other"),  # CaiT talking heads, not the output proj
+        ("layers.0.blocks.0.attn.meta_mlp.fc1.weight", "other"),  # swinv2_cr: not the MLP
+        ("layers.0.blocks.0.attn.cpb_mlp.0.weight", "other"),
+        ("blocks.4.attn.relative_position_bias_table", "other"),
+        ("stages.2.blocks.3.conv_dw.weight", "conv_dw"),  # ConvNeXt
+        ("stages.2.blocks.3.norm.weight", "norm"),
+        ("stages.2.blocks.3.mlp.fc1.bias", "fc1"),
+        ("stages.2.blocks.3.gamma", "other"),
+        ("attn_pool.kv.weight", "other"),  # outside the blocks: stem, no part of a unit
+    ],
+)
+def test_part_labels_across_families(name, part):
+    assert tensor_part(name) == part

@@ -187,3 +187,26 @@ def test_convnext_base_of_the_paper_is_in_the_catalogue_torch_free():
     sel = preview_strategy(um, TOPK, k=7)
     assert len(sel.units) == 3 + 3 + 7 + 3
     assert resolve_strategy(um, LINEAR_PROBE).tuned_params == 1024 * 100 + 100
+
+
+FULL = next(s.name for s in STRATEGIES.values() if s.tunes_stem)
+
+
+@pytest.mark.parametrize(
+    "model,prefix",
+    [("vit_base_patch16_siglip_224", "attn_pool."), ("swinv2_cr_tiny_224", None)],
+)
+def test_map_pooling_and_block_level_norms_sit_with_the_stem(model, prefix):
+    """attn_pool and swinv2_cr's norm3: outside every unit, shown as stem in the unit map,
+    tuned by full fine-tuning only (never by a linear probe or a partial strategy)."""
+    um = um_of(model)
+    odd = [t for t in um.shapes if (t.startswith(prefix) if prefix else ".norm3." in t)]
+    assert odd
+    data = um.to_dict()
+    assert set(odd) <= set(data["stem"])
+    in_units = [t for u in data["units"] for t in u["tensors"]]
+    assert not set(odd) & set(in_units)
+    assert sorted(in_units + data["head"] + data["stem"] + data["final_norm"]) == sorted(um.shapes)
+    assert set(odd) <= set(resolve_strategy(um, FULL).tensors)
+    for name in (LINEAR_PROBE, *manual_strategies()):
+        assert not set(odd) & set(resolve_strategy(um, name).tensors)

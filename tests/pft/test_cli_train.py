@@ -88,6 +88,71 @@ def test_angle_topk_from_a_reference_run(tmp_path, runs):
     assert {u["name"] for u in attn[:2]} <= set(units)
 
 
+@pytest.mark.parametrize(
+    "k_groups,stored,attn",
+    [("0.5", 0.5, 2), ('{"ATTN": 1, "FFN": 3}', {"ATTN": 1, "FFN": 3}, 1)],
+)
+def test_angle_topk_with_k_groups(tmp_path, runs, k_groups, stored, attn):
+    r = cli(
+        "finetune",
+        *MICRO,
+        "--strategy",
+        "angle_topk",
+        "--k-groups",
+        k_groups,
+        "--reference",
+        runs / "s1",
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "fapft",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    strategy = json.loads(r.stdout[r.stdout.index("{") :])["strategy"]
+    assert strategy["params"]["k_groups"] == stored  # normalised by the registry, not text
+    units = strategy["units"]
+    assert len(units) == 4 and sum(u.startswith("ATTN") for u in units) == attn
+    config = json.loads((tmp_path / "fapft" / "metrics.json").read_text())["config"]
+    assert config["strategy_params"]["k_groups"] == stored
+
+
+@pytest.mark.parametrize(
+    "k_groups,message",
+    [
+        ("2", "k_groups must be a fraction in (0, 1] of each group"),
+        ("half", "k_groups must be a fraction in (0, 1] of each group"),
+        ('{"ATTN": 0, "FFN": 1}', "or a mapping {group: k} with k >= 1"),
+        ('{"ATTN": 1}', "k_groups: group 'FFN' missing; the groups of pft/vit-micro are ATTN, FFN"),
+    ],
+)
+def test_bad_k_groups_names_the_field_and_writes_nothing(tmp_path, runs, k_groups, message):
+    out = tmp_path / "fapft"
+    r = cli(
+        "finetune",
+        *MICRO,
+        "--strategy",
+        "angle_topk",
+        "--k-groups",
+        k_groups,
+        "--reference",
+        runs / "s1",
+        "--epochs",
+        1,
+        "--out",
+        out,
+    )
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_k_groups_is_refused_by_strategies_that_rank_nothing(tmp_path):
+    r = cli("finetune", *MICRO, "--k-groups", "0.5", "--epochs", 1, "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "takes no parameter 'k_groups'" in r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_with_shifts(runs):
     r = cli("evaluate", runs / "s2", "--shift", "blur", "--shift", "gaussian_noise:5", "--json")
     assert r.exit_code == 0, r.output

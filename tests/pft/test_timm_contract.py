@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from lab.cli import app
 from pft.errors import PftError
 from pft.model_catalog import get_spec, named_shapes_from_table
-from pft.model_factory import check_model, compute_shape_table, matching_models
+from pft.model_factory import check_model, compute_shape_table
+from pft.model_picker import matching_models
 from pft.units import build_unit_map
 
 FAMILIES = ("vit_*", "deit*", "swin*", "eva*", "beit*", "cait*", "flexivit*", "convnext*")
