@@ -34,6 +34,11 @@ class LabSettings(BaseSettings):
     heartbeat_stale_s: float = Field(
         60.0, gt=0, description="a running job whose heartbeat is older is presumed lost"
     )
+    shipped_weights: bool = Field(
+        True,
+        description="built-in backbones load the weights the package ships when the data folder "
+        "has none of its own; false: they must be made by `pft pretrain` (`pft up` queues it)",
+    )
 
     @property
     def layout(self) -> DataLayout:

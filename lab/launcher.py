@@ -52,6 +52,7 @@ from lab.processes import (
 )
 from lab.redis_server import RedisProcess, RedisStartError, start_redis
 from pft.model_catalog import BUILTIN_BACKBONE
+from pft.shipped import weights_available
 
 API_HEALTH_PATH = f"{API_PREFIX}/health"
 DASHBOARD_HEALTH_PATH = "/_stcore/health"
@@ -283,8 +284,11 @@ class Lab:
         )
 
     def _queue_pretrain(self) -> None:
-        """Submits the backbone's pre-training through the API, as any client would."""
-        if self.layout.model_weights(BUILTIN_BACKBONE).exists():
+        """Submits the backbone's pre-training through the API, as any client would, unless
+        its weights exist: the data folder's, or the ones the package ships (`pft.shipped`)."""
+        if weights_available(
+            BUILTIN_BACKBONE, self.layout, use_shipped=self.config.shipped_weights
+        ):
             return
         base, jobs_path = self.config.lab_api_url, f"{API_PREFIX}/jobs"
         try:

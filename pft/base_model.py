@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pft.model_catalog import get_spec
-from pft.model_factory import builtin_weights_path, create_model
+from pft.model_factory import builtin_weights, create_model
 
 
 def build_pretrained(
@@ -53,7 +53,7 @@ def base_fingerprint(model: str, overrides: dict[str, Any] | None, pretrained: b
     spec = get_spec(model, overrides)
     if spec.source != "builtin" or not pretrained:
         return ""
-    path = builtin_weights_path(spec.name)
+    path = builtin_weights(spec.name)
     if not path.is_file():
         return ""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -49,7 +49,17 @@ def compute_shape_table(spec: ModelSpec) -> dict:
 
 
 def builtin_weights_path(name: str) -> Path:
+    """Where `pft pretrain` installs a built-in model's weights (the data folder)."""
     return layout().model_weights(name)
+
+
+def builtin_weights(name: str) -> Path:
+    """The weights a built-in model loads: the data folder's, else the package's shipped copy
+    (`pft.shipped`)."""
+    from pft.paths import use_shipped_weights
+    from pft.shipped import backbone_weights
+
+    return backbone_weights(name, layout(), use_shipped=use_shipped_weights())
 
 
 def create_model(
@@ -62,13 +72,14 @@ def create_model(
     """A timm model with a fresh ``num_classes`` head.
 
     ``pretrained=True`` loads hub weights for timm names (a clear error naming the model when
-    the network is unreachable) or the weights `pft pretrain` wrote for built-in models.
+    the network is unreachable) or the built-in models' weights (the data folder's from `pft
+    pretrain`, else the shipped ones; fp16 files load into the fp32 model).
     """
     spec = get_spec(name, overrides)
     if spec.source == "builtin" and pretrained:
         from safetensors.torch import load_file
 
-        path = builtin_weights_path(spec.name)
+        path = builtin_weights(spec.name)
         if not path.is_file():
             raise PftError(
                 f"built-in model {spec.name!r} is not pre-trained yet: run `pft pretrain`"
@@ -92,24 +103,12 @@ def create_model(
         ) from exc
 
 
-def matching_models(pattern: str) -> list[str]:
-    """timm names matching a shell-style ``pattern`` (architectures; tagged names when the
-    pattern has a dot), sorted."""
-    import fnmatch
-
-    from pft.model_catalog import timm_names
-
-    tagged = "." in pattern
-    names = [n for n in timm_names() if ("." in n) == tagged]
-    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
-
-
 def check_model(name: str, num_classes: int = 100) -> dict[str, Any]:
     """Whether ``name`` maps onto units, built on the meta device: ``{"model", "mapped",
     "reason", "depth", "groups": {group: units}, "total_params", "tuned_params": {strategy:
     count}, "not_applicable": [strategy]}``; a refused model has ``reason`` and no counts."""
     from pft.model_catalog import named_shapes_from_table
-    from pft.strategies import STRATEGIES, preview_strategy, previewable, suggested_params
+    from pft.model_picker import unit_map_summary
     from pft.units import build_unit_map
 
     row: dict[str, Any] = {"model": name, "mapped": False, "reason": None}
@@ -122,23 +121,7 @@ def check_model(name: str, num_classes: int = 100) -> dict[str, Any]:
         return row | {"reason": str(exc)}
     except Exception as exc:  # timm cannot build it on the meta device
         return row | {"reason": f"timm could not build it ({type(exc).__name__}: {exc})"}
-    tuned, skipped = {}, []
-    for sname, strategy in STRATEGIES.items():
-        if not strategy.applies(um):
-            skipped.append(sname)
-            continue
-        params = suggested_params(um, sname)
-        if not previewable(sname, params):
-            continue
-        tuned[sname] = preview_strategy(um, sname, **params).tuned_params
-    return row | {
-        "mapped": True,
-        "depth": um.depth,
-        "groups": {g: len(us) for g, us in um.groups.items()},
-        "total_params": um.total_params,
-        "tuned_params": tuned,
-        "not_applicable": skipped,
-    }
+    return row | unit_map_summary(um)
 
 
 def main() -> None:

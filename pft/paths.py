@@ -21,6 +21,11 @@ def layout() -> DataLayout:
     return _settings().layout
 
 
+def use_shipped_weights() -> bool:
+    """Whether built-in backbones may load the shipped weights (``PFT_SHIPPED_WEIGHTS``)."""
+    return _settings().shipped_weights
+
+
 def data_dir() -> Path:
     return layout().root
 

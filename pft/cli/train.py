@@ -12,7 +12,12 @@ import typer
 from pft.cli.app import app
 from pft.cli.common import DEVICE, JSON, OVERRIDE, SHIFT, fail, parse_overrides, print_table
 from pft.errors import PftError
-from pft.strategies import DEFAULT_STRATEGY
+from pft.strategies import DEFAULT_STRATEGY, STRATEGIES
+
+
+def _described(name: str) -> str:
+    """The registry's description of a strategy parameter (the options' help text)."""
+    return next(p.description for s in STRATEGIES.values() for p in s.params if p.name == name)
 
 
 class _Progress:
@@ -62,6 +67,12 @@ def pretrain(
     ),
     epochs: int = typer.Option(None, "--epochs", min=1, help="override the recipe's epochs"),
     subset: int = typer.Option(None, "--subset", min=1, help="train on the first N images only"),
+    ship: Path = typer.Option(
+        None,
+        "--ship",
+        help="also write the package's fp16 copy with its sha256 and measured accuracy here "
+        "(how pft/assets/vit-tiny-fmnist was made)",
+    ),
     device: str = DEVICE,
     as_json: bool = JSON,
 ) -> None:
@@ -71,6 +82,13 @@ def pretrain(
     bar = _Progress("pretrain", quiet=False)
     try:
         info = run(out, bar, epochs=epochs, subset=subset, device=device)
+        if ship is not None:
+            from pft.pretrain import ship as ship_backbone
+
+            line = "pft pretrain" + (f" --epochs {epochs}" if epochs else "")
+            info["shipped"] = ship_backbone(
+                Path(info["weights"]).parent, ship, command=f"{line} --ship {ship}"
+            )
     except PftError as exc:
         fail(str(exc))
     finally:
@@ -118,8 +136,13 @@ def finetune(
         DEFAULT_STRATEGY, "--strategy", help="strategy (see `pft strategies`)"
     ),
     out: Path = typer.Option(..., "--out", help="run folder for delta, metrics and angles"),
-    k: int = typer.Option(None, "--k", help="ranked strategies: units tuned per group"),
-    order: str = typer.Option(None, "--order", help="ranked strategies: largest or smallest"),
+    k: int = typer.Option(None, "--k", help=f"ranked strategies: {_described('k')}"),
+    k_groups: str = typer.Option(
+        None,
+        "--k-groups",
+        help=f"ranked strategies, {_described('k_groups')}; a mapping as JSON",
+    ),
+    order: str = typer.Option(None, "--order", help=f"ranked strategies: {_described('order')}"),
     reference: Path = typer.Option(
         None,
         "--reference",
@@ -158,14 +181,19 @@ def finetune(
         n: v
         for n, v in {
             "k": k,
+            "k_groups": k_groups,
             "order": order,
             "units": [u.strip() for u in units.split(",") if u.strip()] if units else None,
         }.items()
         if v is not None
     }
     try:
+        # Values the strategy takes are checked and normalised by the registry (--k-groups
+        # text: a fraction or JSON); the engine refuses the rest, naming what it accepts.
+        s = get_strategy(strategy)
+        params = {n: s.param(n).check(v) if s.takes(n) else v for n, v in params.items()}
         if reference is not None:
-            takes = [p.name for p in get_strategy(strategy).params if p.kind == "angles"]
+            takes = [p.name for p in s.params if p.kind == "angles"]
             if not takes:
                 raise PftError(f"strategy {strategy!r} takes no --reference (it ranks nothing)")
             params[takes[0]] = _reference_angles(reference, strategy)

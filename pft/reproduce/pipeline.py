@@ -46,12 +46,12 @@ def machine() -> str:
 def backbone_note(preset: Preset) -> str:
     """Where the backbone came from (the built-in one's ``model.json``), for the report."""
     from pft.model_catalog import get_spec
-    from pft.model_factory import builtin_weights_path
+    from pft.model_factory import builtin_weights
 
     spec = get_spec(preset.model)
     if spec.source != "builtin":
         return f"`{preset.model}`: {spec.description}."
-    info_path = builtin_weights_path(spec.name).parent / "model.json"
+    info_path = builtin_weights(spec.name).parent / "model.json"
     if not info_path.is_file():
         return f"`{preset.model}`: no model.json beside the weights."
     info = json.loads(info_path.read_text())
@@ -69,10 +69,10 @@ def backbone_note(preset: Preset) -> str:
 def check_backbone(preset: Preset) -> None:
     """Fails before anything is written when the built-in backbone is not pre-trained yet."""
     from pft.model_catalog import get_spec
-    from pft.model_factory import builtin_weights_path
+    from pft.model_factory import builtin_weights
 
     spec = get_spec(preset.model)
-    path = builtin_weights_path(spec.name)
+    path = builtin_weights(spec.name)
     if spec.source == "builtin" and not path.is_file():
         raise PftError(
             f"the study needs the built-in backbone {spec.name!r}, which is not "

@@ -202,7 +202,7 @@ def test_a_crashed_worker_is_restarted(tmp_path: Path) -> None:
 def test_missing_backbone_queues_its_pretraining(tmp_path: Path) -> None:
     # The worker would start pre-training at once (minutes of CPU); the test cancels the job as
     # soon as it has checked it.
-    env = lab_env(tmp_path / "data", PFT_AUTO_PRETRAIN="1")
+    env = lab_env(tmp_path / "data", PFT_AUTO_PRETRAIN="1", PFT_SHIPPED_WEIGHTS="0")
     lab = LabProcess.start(env)
     records: dict[str, dict] = {}
     try:
@@ -226,3 +226,41 @@ def test_missing_backbone_queues_its_pretraining(tmp_path: Path) -> None:
 def _jobs(lab: LabProcess, kind: str) -> list[dict]:
     page = JobsPage.model_validate(_api(lab, "GET", f"/api/v1/jobs?kind={kind}"))
     return [j.model_dump(mode="json") for j in page.items if j.kind == kind]
+
+
+def test_the_shipped_backbone_fine_tunes_at_once(tmp_path: Path) -> None:
+    """A fresh lab (auto pre-training on, as `make up` runs it) queues no pre-training: the
+    package ships the backbone's weights, and a fine-tuning job of it runs to success."""
+    env = lab_env(tmp_path / "data", PFT_AUTO_PRETRAIN="1")
+    lab = LabProcess.start(env)
+    records: dict[str, dict] = {}
+    try:
+        lab.wait_up()
+        records = lab.service_records()
+        job = _api(
+            lab,
+            "POST",
+            "/api/v1/jobs",
+            {
+                "kind": "finetune",
+                "model": "pft/vit-tiny-fmnist",
+                "dataset": "digits",
+                "strategy": {"name": "linear_probe"},
+                "hparams": {"epochs": 1},
+            },
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            status = _api(lab, "GET", f"/api/v1/jobs/{job['id']}")["status"]
+            if status in {"succeeded", "failed", "cancelled"}:
+                break
+            time.sleep(0.5)
+        assert status == "succeeded", (status, lab.logs())
+        assert _jobs(lab, "pretrain") == [] and "pre-training" not in lab.output, lab.output
+        assert not (lab.data_dir / "models").exists()  # nothing was copied or made
+        assert lab.stop() == 0
+        assert wait_gone(records) == []
+    finally:
+        if lab.proc.poll() is None:
+            lab.proc.kill()
+        kill_leftovers(records)

@@ -349,6 +349,7 @@ def test_time_estimate_extrapolates_measured_rates():
 
 def test_study_on_a_missing_backbone_fails_before_writing(tmp_path, monkeypatch):
     monkeypatch.setenv("PFT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PFT_SHIPPED_WEIGHTS", "0")  # as if the package shipped no weights
     out = tmp_path / "study"
     res = CliRunner().invoke(app, ["reproduce", "--preset", "reduced", "--out", str(out)])
     assert res.exit_code == 2
