@@ -74,6 +74,16 @@ class HparamsCreate(_Strict):
         _HP["head_seed"], ge=0, le=MAX_ID, description="new head's initialisation (soups share it)"
     )
     compile: bool = Field(_HP["compile"], description="torch.compile the model (CUDA only)")
+    augment: bool = Field(
+        _HP["augment"], description="random translation (and flips) of every training batch"
+    )
+    prefix_cache: bool = Field(
+        _HP["prefix_cache"],
+        description="train on cached frozen-prefix tokens when valid (augmentation off)",
+    )
+    prefix_cache_mb: StrictInt = Field(
+        _HP["prefix_cache_mb"], ge=1, le=1_000_000, description="memory budget of that cache, MB"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

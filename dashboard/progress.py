@@ -89,3 +89,19 @@ def duration_text(seconds: float | None) -> str:
 def cell(value: object) -> object:
     """A table cell: `EMPTY` instead of None (a dataframe shows None as the word "None")."""
     return EMPTY if value is None or value == "" else value
+
+
+def prefix_cache_text(result: dict | None) -> str | None:
+    """Whether a finished run trained on cached frozen-prefix tokens (`pft.prefix_cache`), as
+    its summary says; None for a job whose summary does not say (soups, pre-training)."""
+    info = (result or {}).get("prefix_cache")
+    if not isinstance(info, dict):
+        return None
+    if not info.get("used"):
+        return f"not cached: {info.get('reason') or 'no reason recorded'}"
+    size = info.get("bytes") or 0
+    return (
+        f"cached below block {info.get('blocks')}: {info.get('images', 0):,} images, "
+        f"{size / 2**20:.1f} MB in {info.get('storage', 'memory')}, built in "
+        f"{info.get('seconds', 0):.1f} s"
+    )

@@ -80,6 +80,24 @@ def save_state(
             old.unlink(missing_ok=True)
 
 
+def _same_config(saved: dict, config: dict) -> bool:
+    """``saved`` is ``config``, hyperparameters added since (`pft.jobs.specs.Hparams`) filled
+    with their defaults: a checkpoint written before a new setting existed still resumes."""
+    if saved == config:
+        return True
+    from pft.jobs.specs import Hparams
+
+    def filled(c: dict) -> dict:
+        if not isinstance(c, dict) or not isinstance(c.get("hparams"), dict):
+            return c
+        try:
+            return {**c, "hparams": Hparams(**c["hparams"]).to_dict()}
+        except TypeError:  # a field that no longer exists: not the same run
+            return c
+
+    return filled(saved) == filled(config)
+
+
 def load_state(
     folder: Path, config: dict, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device
 ) -> RunState | None:
@@ -88,7 +106,7 @@ def load_state(
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    if saved["config"] != config:
+    if not _same_config(saved["config"], config):
         raise PftError(
             f"{folder.parent} holds an unfinished run with a different configuration; "
             "choose another output folder or delete it"

@@ -7,10 +7,14 @@ generator seeded by ``(seed, epoch, step)``, and the model's own draws (drop-pat
 torch's global RNG seeded by ``(seed, epoch, step)`` before each step (the caller's RNG state is
 restored afterwards), so identical configurations give identical deltas on CPU and a run
 resumed from its state (`pft.run_state`) replays exactly the steps an uninterrupted run would
-take. BatchNorm layers (hybrid CNN stems) keep their pre-trained running statistics: they stay in
-eval mode, so a model rebuilt from the delta evaluates exactly as the trained one. Weight decay
-skips 1-D tensors, tokens and position embeddings, and what the model's ``no_weight_decay()``
-names (relative-position bias tables, ``logit_scale``, ``cpb_mlp``).
+take. Frozen blocks (no tuned tensor) and a frozen stem run in eval mode: no dropout or
+drop-path (`pft.prefix_cache.frozen_modules`). With augmentation off and every tuned tensor at
+or above block b > 0, the run trains on cached prefix tokens (`pft.prefix_cache`); the summary's
+``prefix_cache`` says whether it did and why not. BatchNorm layers (hybrid CNN stems) keep
+their pre-trained running statistics: they stay in eval mode, so a model rebuilt from the delta
+evaluates exactly as the trained one. Weight decay skips 1-D tensors, tokens and position
+embeddings, and what the model's ``no_weight_decay()`` names (relative-position bias tables,
+``logit_scale``, ``cpb_mlp``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 
 from pft.angles import AngleReport, angle_rows, compute_angles, unit_rows
 from pft.base_model import build_pretrained
-from pft.checkpoint import delta_metadata, save_delta, write_json
+from pft.checkpoint import delta_metadata, delta_tensors, save_delta, write_json
 from pft.dataset_catalog import dataset_info, parse_shift
 from pft.datasets import DatasetSplits, load_dataset
 from pft.errors import PftError
@@ -36,6 +40,7 @@ from pft.evaluation import autocast_for, evaluate_shifts, evaluate_split
 from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.model_catalog import get_spec, unit_map_for
 from pft.model_factory import compute_shape_table
+from pft.prefix_cache import PrefixCache, build, evaluate_cached, frozen_modules, not_used, plan_for
 from pft.preprocess import data_config_for, prepare
 from pft.run_state import RunState, clear_state, load_state, save_state
 from pft.strategies import Selection, resolve_strategy
@@ -68,6 +73,8 @@ class _Setup:
     model: nn.Module
     data_config: dict[str, Any]
     device: torch.device
+    frozen: list[nn.Module] = field(default_factory=list)  # eval mode while training
+    cache_info: dict[str, Any] = field(default_factory=dict)  # the summary's prefix_cache
 
 
 def validate_hparams(h: Hparams) -> None:
@@ -79,6 +86,13 @@ def validate_hparams(h: Hparams) -> None:
         ("warmup_fraction", 0 <= h.warmup_fraction < 1, "a number in [0, 1)"),
         ("label_smoothing", 0 <= h.label_smoothing < 1, "a number in [0, 1)"),
         ("clip_grad", h.clip_grad >= 0, "a number >= 0 (0 disables clipping)"),
+        ("augment", isinstance(h.augment, bool), "true or false"),
+        ("prefix_cache", isinstance(h.prefix_cache, bool), "true or false"),
+        (
+            "prefix_cache_mb",
+            isinstance(h.prefix_cache_mb, int) and h.prefix_cache_mb >= 0,
+            "an integer >= 0 (MB)",
+        ),
     ]
     for name, ok, accepted in checks:
         if not ok:
@@ -119,7 +133,10 @@ def setup(
     tuned = set(selection.tensors)
     for name, p in model.named_parameters():
         p.requires_grad_(name in tuned)
-    return _Setup(cfg, data, unit_map, selection, model.to(device), data_config_for(model), device)
+    frozen = frozen_modules(model, stem_tuned=bool(tuned & set(unit_map.stem)))
+    return _Setup(
+        cfg, data, unit_map, selection, model.to(device), data_config_for(model), device, frozen
+    )
 
 
 def _take(split, n: int):
@@ -182,13 +199,17 @@ def _angles(pre: dict[str, torch.Tensor], model: nn.Module, unit_map: UnitMap):
     return compute_angles(pretrained, finetuned, unit_map)
 
 
-def train_mode(model: nn.Module) -> None:
+def train_mode(model: nn.Module, frozen: list[nn.Module] | tuple = ()) -> None:
     """Train mode, except BatchNorm layers: their running statistics stay the pre-trained ones
-    (a delta holds parameters only, so changed statistics could not be rebuilt)."""
+    (frozen or tuned: the statistics are not trained, only the affine parameters; a tuned
+    module's buffers still go into the delta, unchanged); and except the
+    ``frozen`` modules (`pft.prefix_cache.frozen_modules`): deterministic, no random draws."""
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+    for m in frozen:
+        m.eval()
 
 
 def _call(callbacks: Any, name: str, *args: Any) -> Any:
@@ -230,7 +251,7 @@ def train(
     done = out_dir / "metrics.json"
     if done.is_file() and (out_dir / "delta.safetensors").is_file():
         summary = json.loads(done.read_text())
-        if summary.get("config") == cfg.to_dict():
+        if _same_config(summary.get("config"), cfg):
             return _finished(out_dir, summary)
         raise PftError(
             f"{out_dir} holds a finished run with a different configuration; choose another "
@@ -245,11 +266,34 @@ def train(
     total = h.epochs * math.ceil(len(s.data.train) / h.batch_size)
     st = load_state(out_dir / "state", cfg.to_dict(), model, opt, s.device) or RunState()
     resumed = st.epoch
-    fwd = torch.compile(model) if h.compile and s.device.type == "cuda" else model
+    compile_ = h.compile and s.device.type == "cuda"
+    plan, reason = plan_for(model, h)
+    cache = None
+    if plan is not None and st.epoch >= h.epochs:
+        plan, reason = None, "no epoch left to train (resumed after the last one)"
+    if plan is not None:  # rebuilt when a run resumes
+        cache = build(model, plan, s.data, s.data_config, s.device, h.prefix_cache_mb, out_dir)
+    s.cache_info = cache.summary() if cache is not None else not_used(reason)
+    if cache is not None:
+        fwd = cache.forward(model, compile_)
+    else:
+        fwd = torch.compile(model) if compile_ else model
     rng_devices = [s.device.index or 0] if s.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):  # the caller's RNG state is restored
-        _epochs(s, out_dir, st, pre, fwd, tuned, params, opt, callbacks, total)
+    try:
+        with torch.random.fork_rng(devices=rng_devices):  # the caller's RNG state is restored
+            _epochs(s, out_dir, st, pre, fwd, tuned, params, opt, callbacks, total, cache)
+    finally:
+        if cache is not None:
+            cache.close()
     return _finish(s, out_dir, st, pre, resumed)
+
+
+def _same_config(saved: Any, cfg: FinetuneSpec) -> bool:
+    """``saved`` (a stored ``to_dict()``) is ``cfg``, fields added since filled by defaults."""
+    try:
+        return FinetuneSpec.from_dict(saved).to_dict() == cfg.to_dict()
+    except (PftError, TypeError, AttributeError):
+        return False
 
 
 def _epochs(
@@ -263,13 +307,14 @@ def _epochs(
     opt: torch.optim.Optimizer,
     callbacks: Any,
     total: int,
+    cache: PrefixCache | None = None,
 ) -> None:
     """The epochs still to run (every global RNG draw seeded per step, see the docstring)."""
     cfg, h, model = s.cfg, s.cfg.hparams, s.model
     n = len(s.data.train)
     steps_per_epoch = math.ceil(n / h.batch_size)
     info = dataset_info(cfg.dataset)
-    train_mode(model)
+    train_mode(model, s.frozen)
     t_window, n_window = time.perf_counter(), 0
     for epoch in range(st.epoch, h.epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(h.seed, epoch)))
@@ -281,10 +326,17 @@ def _epochs(
                 save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
                 raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step}")
             idx = order[step * h.batch_size : (step + 1) * h.batch_size]
-            g = torch.Generator().manual_seed(_seed(h.seed, epoch, step))
-            x = prepare(
-                s.data.train.images[idx], s.data_config, s.device, augment=g, hflip=info.hflip
-            )
+            if cache is not None:
+                x = cache.rows("train", idx)
+            else:
+                g = torch.Generator().manual_seed(_seed(h.seed, epoch, step))
+                x = prepare(
+                    s.data.train.images[idx],
+                    s.data_config,
+                    s.device,
+                    augment=g if h.augment else None,
+                    hflip=info.hflip,
+                )
             y = s.data.train.labels[idx].to(s.device, non_blocking=True)
             torch.manual_seed(_seed(h.seed, epoch, step, 1))  # drop-path, dropout
             for group in opt.param_groups:
@@ -321,9 +373,13 @@ def _epochs(
         st.loss_sum += float(loss_acc)
         metrics = {"epoch": epoch + 1, "train_loss": st.loss_sum / max(1, st.seen)}
         for name in ("heldout", "test"):
-            m = evaluate_split(model, s.data.split(name), s.data_config, s.device)
+            split = s.data.split(name)
+            if cache is not None and cache.has(name):
+                m = evaluate_cached(model, cache, name, split.labels)
+            else:
+                m = evaluate_split(model, split, s.data_config, s.device)
             metrics |= {f"{name}_acc": m["acc"], f"{name}_loss": m["loss"]}
-        train_mode(model)  # evaluation restores plain train mode
+        train_mode(model, s.frozen)  # evaluation restores plain train mode
         metrics["images_per_sec"] = st.train_images / max(st.train_seconds, 1e-9)
         report = _angles(pre, model, s.unit_map)
         st.history.append(metrics)
@@ -362,7 +418,6 @@ def _finish(
     cfg, model = s.cfg, s.model
     shifts = evaluate_shifts(model, s.data.test, s.data_config, s.device, cfg.shifts)
     report: AngleReport = _angles(pre, model, s.unit_map)
-    params = dict(model.named_parameters())
     meta = delta_metadata(
         base_model=cfg.model,
         model_overrides=cfg.model_overrides,
@@ -374,7 +429,8 @@ def _finish(
         data_config=s.data_config,
         hparams=cfg.hparams.to_dict(),
     )
-    save_delta(out_dir / "delta.safetensors", {t: params[t] for t in s.selection.tensors}, meta)
+    # the tuned parameters and the buffers of the modules that own them (`delta_tensors`)
+    save_delta(out_dir / "delta.safetensors", delta_tensors(model, s.selection.tensors), meta)
     angles = {
         "model": cfg.model,
         "strategy": cfg.strategy,
@@ -398,6 +454,7 @@ def _finish(
         "shifts": shifts,
         "images_per_sec": last["images_per_sec"],
         "train_seconds": st.train_seconds,
+        "prefix_cache": s.cache_info,
         "epochs": st.history,
         "files": dict(FILES),
     }

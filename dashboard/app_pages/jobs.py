@@ -13,7 +13,15 @@ from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.client import get_client
 from dashboard.config import get_settings
-from dashboard.progress import EMPTY, cell, duration_text, epoch_text, eta_seconds, status_text
+from dashboard.progress import (
+    EMPTY,
+    cell,
+    duration_text,
+    epoch_text,
+    eta_seconds,
+    prefix_cache_text,
+    status_text,
+)
 from dashboard.shaping import metrics_table
 from dashboard.ui import backend_errors, flash, init_state, job_label, recipe, show_flash, table
 
@@ -179,6 +187,9 @@ def job_detail(job_id: int, polling: bool) -> None:
         st.caption("No epoch finished yet: curves appear after the first epoch.")
     with st.expander("Config", expanded=False):
         st.json(job.config)
+    cache = prefix_cache_text(job.result)
+    if cache:
+        st.caption(f"Frozen prefix: {cache}")
     if job.result:
         with st.expander("Result summary"):
             st.json(job.result)

@@ -157,6 +157,20 @@ def finetune(
     seed: int = typer.Option(None, "--seed", help="data order and augmentation"),
     head_seed: int = typer.Option(None, "--head-seed", help="head initialisation (soups share it)"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA only)"),
+    augment: bool = typer.Option(
+        None,
+        "--augment/--no-augment",
+        help="random translation (and flips) of training batches; off lets a partial run "
+        "train on cached frozen-prefix tokens [default: on]",
+    ),
+    prefix_cache: bool = typer.Option(
+        None,
+        "--prefix-cache/--no-prefix-cache",
+        help="cache the frozen prefix when valid (augmentation off) [default: on]",
+    ),
+    prefix_cache_mb: int = typer.Option(
+        None, "--prefix-cache-mb", min=1, help="memory budget of the prefix cache, MB"
+    ),
     pretrained: bool = typer.Option(
         True, "--pretrained/--random", help="pre-trained or random weights"
     ),
@@ -172,7 +186,14 @@ def finetune(
     hp = {
         k_: v
         for k_, v in dict(
-            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, head_seed=head_seed
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            head_seed=head_seed,
+            augment=augment,
+            prefix_cache=prefix_cache,
+            prefix_cache_mb=prefix_cache_mb,
         ).items()
         if v is not None
     }

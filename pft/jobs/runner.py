@@ -7,7 +7,9 @@ the run folder and the reporting; nobody re-reads the files a run wrote to learn
 
 Callbacks (all optional): ``on_progress(info)``, ``on_epoch(epoch, metrics, angle_rows)`` and
 ``should_cancel()``; see `pft.training.train`. A failure a user caused raises `PftError`;
-`describe_failure` turns any exception into a message for the job's ``error``.
+`describe_failure` turns any exception into a message for the job's ``error``. A fine-tuning
+summary always holds ``prefix_cache``: whether the run trained on cached frozen-prefix tokens
+(``{used, blocks, images, bytes, seconds, storage, ...}``) or why not (``{used, reason}``).
 """
 
 from __future__ import annotations
@@ -55,11 +57,17 @@ def run(
 def _finetune(
     spec: FinetuneSpec, out: Path, callbacks: Any, device: str | None, _: dict
 ) -> JobResult:
+    from pft.prefix_cache import not_used
     from pft.training import FILES, train
 
     check_resume_state(out)
     trained = train(spec, out, device=device, callbacks=callbacks)
-    summary = {**trained.summary, "resumed_from_epoch": trained.resumed_from_epoch}
+    summary = {
+        # a run finished before prefix caching existed did not record it
+        "prefix_cache": not_used("not recorded by the run"),
+        **trained.summary,
+        "resumed_from_epoch": trained.resumed_from_epoch,
+    }
     return JobResult(
         summary=summary,
         epochs=list(trained.summary.get("epochs", [])),

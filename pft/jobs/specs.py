@@ -37,6 +37,14 @@ class Hparams:
     seed: int = 0  # data order, augmentation and dropout
     head_seed: int = 0  # head initialisation: shared by soup ingredients (Wortsman et al. 2022)
     compile: bool = False  # torch.compile the model (CUDA only)
+    # Random translation (and flips where the dataset allows them) of every training batch.
+    augment: bool = True
+    # Train on cached frozen-prefix tokens when every tuned tensor sits at or above one block and
+    # augmentation is off (`pft.prefix_cache`); False always runs the whole model every step.
+    prefix_cache: bool = True
+    # The most memory that cache may take on the training device, in MB (beyond it: host
+    # memory on a GPU, else a memory-mapped fp16 file in the run folder).
+    prefix_cache_mb: int = 8192
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

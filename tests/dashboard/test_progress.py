@@ -13,6 +13,7 @@ from dashboard.progress import (
     duration_text,
     epoch_text,
     eta_seconds,
+    prefix_cache_text,
     status_text,
 )
 
@@ -111,3 +112,20 @@ def test_durations(seconds, text):
 
 def test_cells():
     assert cell(None) == EMPTY and cell("") == EMPTY and cell(0) == 0 and cell("x") == "x"
+
+
+def test_prefix_cache_text_says_whether_the_prefix_was_cached() -> None:
+    used = {
+        "used": True,
+        "blocks": 6,
+        "images": 1200,
+        "bytes": 3 * 2**20,
+        "seconds": 1.25,
+        "storage": "memory",
+    }
+    assert prefix_cache_text({"prefix_cache": used}) == (
+        "cached below block 6: 1,200 images, 3.0 MB in memory, built in 1.2 s"
+    )
+    refused = {"used": False, "reason": "augmentation on"}
+    assert prefix_cache_text({"prefix_cache": refused}) == "not cached: augmentation on"
+    assert prefix_cache_text({"test_acc": 0.5}) is None and prefix_cache_text(None) is None

@@ -298,3 +298,19 @@ def test_reference_angles_must_come_from_a_full_run(tmp_path, runs):
     )
     assert r.exit_code == 2 and "from a 'attn_only' run" in r.output
     assert not (tmp_path / "fapft").exists()
+
+
+def test_finetune_without_augmentation_caches_the_frozen_prefix(tmp_path):
+    common = [*MICRO, "--strategy", "linear_probe", "--epochs", 1, "--batch-size", 32, "--json"]
+    r = cli("finetune", *common, "--no-augment", "--out", tmp_path / "cached")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "cached" / "metrics.json").read_text())
+    assert summary["config"]["hparams"]["augment"] is False
+    assert summary["prefix_cache"]["used"] is True and summary["prefix_cache"]["images"] > 0
+    r = cli("finetune", *common, "--no-augment", "--no-prefix-cache", "--out", tmp_path / "off")
+    assert r.exit_code == 0, r.output
+    off = json.loads((tmp_path / "off" / "metrics.json").read_text())
+    assert off["prefix_cache"]["used"] is False and off["prefix_cache"]["reason"].startswith(
+        "disabled"
+    )
+    assert off["test_acc"] == summary["test_acc"]  # the cache changes the speed, not the result

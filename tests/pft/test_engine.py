@@ -221,6 +221,8 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
         finetune(cfg("full"), tmp_path / "run")
 
 
-def test_builtin_backbone_must_be_pretrained_first(tmp_path):
+def test_builtin_backbone_must_be_pretrained_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("PFT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PFT_SHIPPED_WEIGHTS", "0")  # as if the package shipped no weights
     with pytest.raises(PftError, match="pft pretrain"):
         finetune(FinetuneSpec("pft/vit-tiny-fmnist", "digits"), tmp_path / "run")
