@@ -29,6 +29,7 @@ from contract.api import (
     JobsPage,
     MetricPublic,
     ModelPublic,
+    ModelsPage,
     RegistryEntry,
     SelectionPublic,
     SoupPublic,
@@ -153,6 +154,12 @@ class ApiClient:
     def hparams(self) -> RegistryEntry:
         """The training hyperparameters with their defaults and accepted ranges."""
         return self._get(RegistryEntry, "GET", "/catalog/hparams")
+
+    def model_rows(self, pattern: str, num_classes: int) -> ModelsPage:
+        """The model picker's rows for ``pattern``: mapped or refused with the reason."""
+        return self._get(
+            ModelsPage, "GET", "/models", params={"pattern": pattern, "num_classes": num_classes}
+        )
 
     def units(self, model: str, num_classes: int) -> UnitsPreview:
         return self._get(

@@ -24,6 +24,7 @@ from contract.api import (
     JobsPage,
     MetricPublic,
     ModelPublic,
+    ModelsPage,
     RegistryEntry,
     SelectionPublic,
     SoupPublic,
@@ -62,6 +63,11 @@ def soup_methods() -> list[RegistryEntry]:
 @st.cache_data(ttl=300, show_spinner=False)
 def hparams() -> RegistryEntry:
     return get_client().hparams()
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def model_rows(pattern: str, num_classes: int) -> ModelsPage:
+    return get_client().model_rows(pattern, num_classes)
 
 
 @st.cache_data(ttl=300, show_spinner=False)

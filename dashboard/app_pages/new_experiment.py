@@ -61,6 +61,21 @@ with right:
         folder = st.text_input("Folder under the datasets root", key="imagefolder-name").strip()
         dataset = IMAGEFOLDER + folder
 
+if choice == OTHER_MODEL and model:  # the picker: does this timm model map onto units?
+    try:
+        row = next((r for r in data.model_rows(model, int(num_classes)).items), None)
+    except ApiError as exc:
+        st.warning(f"{model}: {exc.message}")
+    else:
+        if row is not None and row.mapped:
+            groups = ", ".join(f"{g} ({n})" for g, n in row.groups.items())
+            st.caption(
+                f"{row.model}: mapped — {row.depth} blocks, groups {groups}, "
+                f"{row.total_params:,} parameters"
+            )
+        elif row is not None:
+            (st.warning if row.mapped is False else st.info)(f"{row.model}: {row.reason}")
+
 catalog = {s.name: s for s in strategies}
 chosen = st.multiselect(
     "Strategies",

@@ -461,3 +461,14 @@ def test_jobs_page_follows_progress_of_running_jobs(dashboard_env: Backend):
     at.run()
     assert list(frame(at, "jobs-table")["progress"]) == [0.7]
     assert [p.value for p in at.get("progress")] == [70]
+
+
+def test_new_experiment_says_whether_a_timm_model_maps_onto_units(dashboard_env: Backend):
+    at = page("new_experiment").run()
+    at.selectbox(key="model").set_value("other timm model…").run()
+    at.text_input(key="timm-model").set_value("deit_small_patch16_224").run()
+    assert_clean(at, dashboard_env)
+    assert any("deit_small_patch16_224: mapped — 12 blocks" in c.value for c in at.caption)
+    at.text_input(key="timm-model").set_value("vit_not_a_model_xyz").run()
+    assert_clean(at, dashboard_env)
+    assert any("no model matches 'vit_not_a_model_xyz'" in w.value for w in at.warning)
