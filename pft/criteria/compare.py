@@ -22,40 +22,15 @@ from typing import Any
 
 from pft.criteria.scores import Scores
 from pft.errors import PftError
+from pft.reproduce.stats import spearman as _rho
 from pft.strategies import ORDERS
 
 
-def average_ranks(values: Sequence[float]) -> list[float]:
-    """1-based ranks of ``values``; tied values share the mean of the ranks they span."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        mean = (start + end) / 2 + 1
-        for i in order[start : end + 1]:
-            ranks[i] = mean
-        start = end + 1
-    return ranks
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Spearman's rho of two equally long sequences (ties: average ranks); None when either
-    is constant or shorter than two."""
-    if len(a) != len(b):
-        raise ValueError(f"spearman needs sequences of one length, got {len(a)} and {len(b)}")
-    if len(a) < 2:
-        return None
-    ra, rb = average_ranks(a), average_ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va = sum((x - ma) ** 2 for x in ra)
-    vb = sum((y - mb) ** 2 for y in rb)
-    if va == 0 or vb == 0:
-        return None
-    return cov / math.sqrt(va * vb)
+    """Spearman's rho of two equally long sequences (ties: average ranks; the study's
+    `pft.reproduce.stats.spearman`); None when either is constant or shorter than two."""
+    rho = _rho(a, b)
+    return None if math.isnan(rho) else rho
 
 
 def _rows(scores: Scores | Mapping[str, Any]) -> list[tuple[str, str, float]]:

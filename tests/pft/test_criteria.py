@@ -18,7 +18,7 @@ from contract.vocab import AngleScope
 from lab.cli import app
 from pft.base_model import build_pretrained
 from pft.checkpoint import delta_metadata, save_delta
-from pft.criteria.compare import average_ranks, compare, spearman, topk_overlap
+from pft.criteria.compare import compare, spearman, topk_overlap
 from pft.criteria.ranking import rank, score_units
 from pft.criteria.registry import CRITERIA, catalogue, get_criterion
 from pft.criteria.scores import Scores
@@ -27,6 +27,7 @@ from pft.errors import PftError
 from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.model_catalog import TEST_MODEL, unit_map_for
 from pft.preprocess import data_config_for, prepare
+from pft.reproduce.stats import ranks as average_ranks
 from pft.strategies import (
     FULL_FINETUNING,
     STRATEGIES,
