@@ -24,9 +24,12 @@ up: $(STAMP_LAB)
 	@bash scripts/install-system-packages.sh --optional || true
 	$(VENV)/bin/pft up
 
-# No -x: one failure must not hide the rest of the suite.
+# No -x: one failure must not hide the rest of the suite. Two pytest-xdist processes, one file
+# each at a time: most slow tests wait on real worker processes, and the science runs on one
+# torch thread, so two share a 2-core machine well (TEST_WORKERS=0 runs in one process).
+TEST_WORKERS ?= 2
 test: $(STAMP_DEV)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP_DEV)
 	$(PY) -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
