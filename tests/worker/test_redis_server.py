@@ -94,3 +94,28 @@ def test_too_long_socket_path_is_refused(tmp_path):
     deep = tmp_path / ("x" * 120)
     with pytest.raises(RedisStartError, match="longer than"):
         start_redis(deep, unix_socket=True)
+
+
+def test_queued_ids_survive_a_restart_and_an_unreadable_aof_is_set_aside(tmp_path):
+    with start_redis(tmp_path) as server:
+        redis.Redis.from_url(server.url).rpush("pft", "41", "42")
+    with start_redis(tmp_path) as server:  # the append-only file kept the queue
+        assert redis.Redis.from_url(server.url).lrange("pft", 0, -1) == [b"41", b"42"]
+        assert server.set_aside is None
+    # Bytes that are no Redis command at the end of the incremental file (Redis itself
+    # tolerates a merely truncated last command): it refuses to start on them.
+    aof_dir = tmp_path / "redis" / "appendonlydir"
+    incr = next(aof_dir.glob("*.incr.aof"))
+    with incr.open("ab") as f:
+        f.write(b"not a command\r\n")
+    with start_redis(tmp_path) as server:
+        assert server.ping()
+        assert redis.Redis.from_url(server.url).lrange("pft", 0, -1) == []  # started empty
+        moved = server.set_aside
+        assert moved is not None and moved.parent == tmp_path / "redis" / "set-aside"
+        # the unreadable files are kept for inspection, byte for byte
+        assert (moved / "appendonlydir" / incr.name).read_bytes().endswith(b"not a command\r\n")
+        redis.Redis.from_url(server.url).rpush("pft", "43")
+    with start_redis(tmp_path) as server:  # and the new append-only file works as before
+        assert redis.Redis.from_url(server.url).lrange("pft", 0, -1) == [b"43"]
+        assert server.set_aside is None
