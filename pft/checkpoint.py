@@ -3,7 +3,9 @@
 A delta checkpoint is a safetensors file holding only the tensors a strategy tuned, with string
 metadata (``format=pft-delta-1``, base model, strategy, classes, data config, hyper-parameters)
 that is enough to rebuild the pre-trained point (`pft.base_model`) and apply the delta on top.
-Nothing here unpickles: tensors live in safetensors, everything else in JSON.
+Nothing here unpickles: tensors live in safetensors, everything else in JSON. Every file is
+byte-reproducible: the same tensors and metadata give the same bytes, hence the same sha256
+(`save_tensors` sorts the header, which safetensors writes in hash-map order).
 
 The tuned tensors are the tuned parameters plus the persistent buffers of every module that owns
 one (`delta_tensors`): a tuned BatchNorm's ``running_mean``, ``running_var`` and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -66,7 +69,37 @@ def save_tensors(
 ) -> Path:
     """Atomically writes CPU-contiguous copies of ``tensors`` as safetensors."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(flat, str(p), metadata=dict(metadata or {})))
+
+    def write(tmp: Path) -> None:
+        save_file(flat, str(tmp), metadata=dict(metadata or {}))
+        canonical_header(tmp)
+
+    return atomic_write(path, write)
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrites a safetensors file's JSON header with its keys sorted, in place.
+
+    safetensors serialises ``__metadata__`` from a hash map whose order changes from one
+    process, or one call, to the next, so equal tensors and metadata gave files with different
+    bytes. Sorted (compact JSON, as safetensors writes it) the header has the same length, and
+    the tensor data, addressed by offsets, does not move; a longer header (never seen) is
+    written with the data after it.
+    """
+    with open(path, "r+b") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        raw = text.encode()
+        if len(raw) <= size:
+            f.seek(8)
+            f.write(raw.ljust(size, b" "))  # safetensors pads its header with spaces too
+            return
+        data = f.read()
+        raw = raw.ljust(-(-len(raw) // 8) * 8, b" ")
+        f.seek(0)
+        f.write(struct.pack("<Q", len(raw)) + raw + data)
+        f.truncate()
 
 
 def delta_metadata(

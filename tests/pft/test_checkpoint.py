@@ -232,3 +232,32 @@ def test_a_hybrid_delta_holds_the_cnn_statistics_only_when_the_stem_is_tuned():
         delta = delta_tensors(model, resolve_strategy(um, name).tensors)
         held = set(delta) & stats
         assert held == (stats if strategy.tunes_stem else set()), name  # BatchNorm: CNN stem
+
+
+def test_equal_tensors_and_metadata_give_byte_identical_files(tmp_path):
+    """safetensors writes its metadata in hash-map order (8 saves, 8 different sha256 without
+    `canonical_header`); deltas must be byte-reproducible so that recorded hashes compare."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from pft.checkpoint import save_delta
+
+    tensors = {
+        "blocks.1.attn.qkv.weight": torch.arange(12.0).reshape(3, 4),
+        "head.bias": torch.ones(3),
+    }
+    meta = {"format": "pft-delta-1", "hparams": {"lr": 1e-3, "epochs": 2}} | {
+        f"extra_{i}": f"value {i} é"
+        for i in range(10)  # non-ASCII stays as it was written
+    }
+    digests = set()
+    for i in range(8):
+        path = save_delta(tmp_path / f"d{i}.safetensors", tensors, meta)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "d0.safetensors"), "pt") as f:  # and it is still a valid file
+        assert f.metadata()["extra_3"] == "value 3 é"
+        assert torch.equal(
+            f.get_tensor("blocks.1.attn.qkv.weight"), tensors["blocks.1.attn.qkv.weight"]
+        )

@@ -8,6 +8,7 @@ claims it and resumes from its last epoch checkpoint. Only the GPU is missing (P
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -69,9 +70,12 @@ def test_five_sigkills_mid_epoch_and_the_job_ends_like_an_uninterrupted_run(lab:
     assert [m.heldout_acc for m in rows] == [m.heldout_acc for m in ref_rows]
     assert [m.train_loss for m in rows] == pytest.approx([m.train_loss for m in ref_rows], rel=1e-6)
     assert job.result["test_acc"] == ref.result["test_acc"]
-    # bit-identical fine-tuned weights (the files' bytes may differ in header key order)
-    deltas = [Path(lab.artifacts(j)["delta"].location) for j in (job_id, reference)]
+    # bit-identical fine-tuned weights, in byte-identical files (the recorded sha256 agree)
+    refs = [lab.artifacts(j)["delta"] for j in (job_id, reference)]
+    deltas = [Path(r.location) for r in refs]
     (resumed, resumed_meta), (whole, whole_meta) = (load_delta(p) for p in deltas)
     assert resumed.keys() == whole.keys() and resumed_meta == whole_meta
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert deltas[0].read_bytes() == deltas[1].read_bytes()
+    assert refs[0].sha256 == refs[1].sha256 == hashlib.sha256(deltas[0].read_bytes()).hexdigest()
     print(f"kills at (epochs done, progress): {kills}; final test_acc {job.result['test_acc']}")
