@@ -12,6 +12,7 @@ in `backend.submit`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
 from typing import Annotated, Any, Literal
 
@@ -31,8 +32,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from contract.vocab import JobKind
+from pft.criteria.registry import CRITERIA, get_job_criterion, job_criteria
 from pft.dataset_catalog import dataset_info, parse_shift
-from pft.jobs.specs import Hparams
+from pft.jobs.specs import CalibrateSpec, Hparams, RankSpec
 from pft.model_catalog import ALLOWED_OVERRIDES, check_overrides, get_spec
 from pft.soups.registry import DEFAULT_METHOD, MERGE_METHODS
 from pft.strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy
@@ -43,6 +45,8 @@ MAX_SHIFTS = 16
 MAX_INGREDIENTS = 32
 MAX_ID = 2**31 - 1
 _HP = {f.name: f.default for f in fields(Hparams)}  # defaults: pft.jobs.specs.Hparams
+_RANK = {f.name: f.default for f in fields(RankSpec)}  # defaults: pft.jobs.specs.RankSpec
+_CAL = {f.name: f.default for f in fields(CalibrateSpec)}  # pft.jobs.specs.CalibrateSpec
 
 
 class _Strict(BaseModel):
@@ -118,11 +122,17 @@ def _annotation(params: list[Any]) -> Any:
 
 
 def _strategy_fields() -> dict[str, tuple[Any, FieldInfo]]:
+    return _param_fields((s.name, s.params) for s in STRATEGIES.values())
+
+
+def _param_fields(owners: Iterable[tuple[str, Iterable[Any]]]) -> dict[str, tuple[Any, FieldInfo]]:
+    """One optional typed field per public parameter name of ``(owner, params)`` pairs (the
+    entries of a registry: strategies, criteria)."""
     by_name: dict[str, list[tuple[str, Any]]] = {}
-    for strategy in STRATEGIES.values():
-        for p in strategy.params:
+    for owner, params in owners:
+        for p in params:
             if p.public:
-                by_name.setdefault(p.name, []).append((strategy.name, p))
+                by_name.setdefault(p.name, []).append((owner, p))
     out = {}
     for name, owners in by_name.items():
         help_ = "; ".join(f"{s}: {p.description}" for s, p in owners)
@@ -259,17 +269,61 @@ class SoupJobCreate(SoupCreate):
     kind: Literal[JobKind.SOUP.value]
 
 
+class _RankBase(RunCreate):
+    kind: Literal[JobKind.RANK.value]
+    criterion: str = Field(
+        max_length=64, description="GET /catalog/criteria: one that runs as a job"
+    )
+    seed: StrictInt = Field(
+        _RANK["seed"], ge=0, le=MAX_ID, description="data order and the new head's initialisation"
+    )
+
+    @field_validator("criterion")
+    @classmethod
+    def _runs_as_job(cls, v: str) -> str:
+        _check(get_job_criterion, v)  # names the criteria a rank job takes
+        return v
+
+    def params(self) -> dict[str, Any]:
+        """The criterion parameters that were given (`pft.criteria.registry`)."""
+        return self.model_dump(exclude_none=True, exclude=set(_RankBase.model_fields))
+
+
+# A rank job: one optional field per public parameter of the criteria that run as jobs.
+RankCreate = create_model(
+    "RankCreate",
+    __base__=_RankBase,
+    __doc__="Per-unit scores of a selection criterion (`pft.jobs.specs.RankSpec`), e.g. "
+    '``{"kind": "rank", "model": ..., "dataset": ..., "criterion": "fisher", "batches": 4}``; '
+    "parameters the criterion does not take are refused.",
+    **_param_fields((n, CRITERIA[n].params) for n in job_criteria()),
+)
+
+
 def _job_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("kind", JobKind.FINETUNE.value)
     return getattr(value, "kind", None)
 
 
+class CalibrateCreate(RunCreate):
+    """Measures a model's cost coefficients on a worker's device for the cost preview
+    (`pft.jobs.specs.CalibrateSpec`, ``GET /cost``); ``dataset``: whose images are
+    preprocessed and whose split sizes the calibration records."""
+
+    kind: Literal[JobKind.CALIBRATE.value]
+    pretrained: bool = _CAL["pretrained"]
+    batch_size: StrictInt = Field(_CAL["batch_size"], ge=1, le=256, description="per step")
+    steps: StrictInt = Field(_CAL["steps"], ge=1, le=20, description="measured steps per path")
+
+
 # `kind` picks the body; a body without it is a fine-tuning job.
 JobCreate = Annotated[
     Annotated[FinetuneCreate, Tag(JobKind.FINETUNE.value)]
     | Annotated[PretrainCreate, Tag(JobKind.PRETRAIN.value)]
-    | Annotated[SoupJobCreate, Tag(JobKind.SOUP.value)],
+    | Annotated[SoupJobCreate, Tag(JobKind.SOUP.value)]
+    | Annotated[RankCreate, Tag(JobKind.RANK.value)]  # type: ignore[valid-type]
+    | Annotated[CalibrateCreate, Tag(JobKind.CALIBRATE.value)],
     Discriminator(_job_kind),
 ]
 

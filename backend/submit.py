@@ -7,6 +7,9 @@ the strategy is resolved at submission (defaults filled, units in depth order, a
 job's final unit angles filled in by `pft.strategies.prepare_params`), so the worker runs
 exactly what was accepted.
 
+A fine-tuning run whose estimated peak training memory (`pft.cost.memory`) exceeds what one
+job may use is refused before anything is queued (`check_fits`).
+
 No HTTP here: a user mistake raises `InvalidRequest` naming the request field (``loc``) and the
 accepted values; the API turns it into a 422. Nothing is written when a check fails.
 """
@@ -23,19 +26,31 @@ from backend import crud, idempotency
 from backend.core.config import ApiSettings
 from backend.db.models import Experiment, Job, utcnow
 from backend.schemas import (
+    CalibrateCreate,
     ExperimentCreate,
     FinetuneCreate,
     PretrainCreate,
+    RankCreate,
     RunCreate,
     SoupCreate,
     StrategyCreate,
 )
 from backend.unit_maps import lookup_unit_map
 from contract.vocab import JobKind, JobStatus
+from pft.cost.memory import estimate, host_memory_mb, vit_dims, with_overrides
+from pft.cost.predict import tuned_layout
+from pft.criteria.registry import get_job_criterion
 from pft.dataset_catalog import IMAGEFOLDER_PREFIX, dataset_info
 from pft.errors import PftError
-from pft.jobs.specs import FinetuneSpec, Hparams, PretrainSpec, SoupSpec
-from pft.model_catalog import BUILTIN_BACKBONE
+from pft.jobs.specs import (
+    CalibrateSpec,
+    FinetuneSpec,
+    Hparams,
+    PretrainSpec,
+    RankSpec,
+    SoupSpec,
+)
+from pft.model_catalog import BUILTIN_BACKBONE, get_spec
 from pft.paths import contained
 from pft.soups.registry import get_method
 from pft.strategies import (
@@ -225,9 +240,75 @@ def _commit(session: Session, jobs: Sequence[Job], experiment: Experiment | None
     session.commit()
 
 
+def memory_limit_mb(session: Session, settings: ApiSettings) -> tuple[float | None, str]:
+    """The most memory one job may use and where that figure comes from: the setting, else
+    the largest device memory a succeeded calibrate job reported, else this host's."""
+    if settings.job_memory_mb is not None:
+        return settings.job_memory_mb, "PFT_JOB_MEMORY_MB"
+    jobs, _ = crud.list_jobs(session, kind=JobKind.CALIBRATE, status=JobStatus.SUCCEEDED, limit=500)
+    reported = [
+        float(mb)
+        for j in jobs
+        if isinstance(
+            mb := ((j.result or {}).get("calibration") or {}).get("device_memory_mb"), int | float
+        )
+    ]
+    if reported:
+        return max(reported), "the largest device memory a calibrate job reported"
+    return host_memory_mb(), "the API host's memory"
+
+
+def check_fits(
+    session: Session,
+    req: RunCreate,
+    plan: StrategyPlan,
+    batch_size: int,
+    settings: ApiSettings,
+) -> None:
+    """Refuses a run whose estimated peak training memory (`pft.cost.memory`) exceeds what
+    one job may use, naming the field to change: the batch size, or the model (overrides)."""
+    classes = dataset_info(req.dataset).num_classes or 1
+    um = lookup_unit_map(session, model=req.model, num_classes=classes)  # without the overrides
+    dims = vit_dims(um) if um is not None else None
+    if dims is None:  # another family, or no shape table yet: nothing to estimate from
+        return
+    try:
+        selection = resolve_strategy(um, plan.strategy, **plan.params)
+    except PftError:
+        return  # the run's own unit map accepted it; its share on the base model is a guess
+    first, _, _ = tuned_layout(um, selection.tensors)
+    if req.model_overrides:
+        dims = with_overrides(dims, get_spec(req.model).overrides, req.model_overrides)
+    limit, source = memory_limit_mb(session, settings)
+    if limit is None:
+        return
+    est = estimate(
+        dims,
+        tuned_fraction=selection.tuned_fraction,
+        trained_blocks_fraction=(um.depth - first) / max(um.depth, 1),
+        batch_size=batch_size,
+    )
+    if est.peak_mb <= limit:
+        return
+    largest = est.largest_batch(limit)
+    what = f"estimated peak training memory {est.describe()} exceeds {limit:,.0f} MB ({source})"
+    if largest >= 1:
+        raise InvalidRequest(
+            ("body", "hparams", "batch_size"),
+            f"{what}; the largest batch_size that fits is about {largest}",
+        )
+    field_, change = (
+        ("model_overrides", "smaller model_overrides (img_size, depth, embed_dim)")
+        if req.model_overrides
+        else ("model", "a smaller model")
+    )
+    raise InvalidRequest(("body", field_), f"{what} even at batch 1; choose {change}")
+
+
 def submit_finetune(session: Session, req: FinetuneCreate, *, settings: ApiSettings) -> Job:
     check_dataset(req, settings)
     plan = plan_strategy(session, req, req.strategy, ("body", "strategy"))
+    check_fits(session, req, plan, req.hparams.batch_size, settings)
     job = _finetune_job(session, req, plan, seed=req.hparams.seed)
     _commit(session, [job])
     return job
@@ -236,6 +317,56 @@ def submit_finetune(session: Session, req: FinetuneCreate, *, settings: ApiSetti
 def submit_pretrain(session: Session, req: PretrainCreate) -> Job:
     spec = PretrainSpec(epochs=req.epochs)
     job = crud.create_job(session, kind=spec.kind, config=spec.to_dict(), model=BUILTIN_BACKBONE)
+    _commit(session, [job])
+    return job
+
+
+def submit_rank(session: Session, req: RankCreate, *, settings: ApiSettings) -> Job:
+    """A rank job: the criterion's parameters checked and resolved by its registry entry
+    (defaults filled in), stored in the spec."""
+    check_dataset(req, settings)
+    criterion = get_job_criterion(req.criterion)  # the schema refused any other
+    try:
+        params = criterion.validate(req.params())
+    except PftError as exc:
+        field = getattr(exc, "field", None)
+        raise InvalidRequest(("body", *([field] if field else [])), str(exc)) from None
+    spec = RankSpec(
+        model=req.model,
+        dataset=req.dataset,
+        criterion=criterion.name,
+        params=params,
+        seed=req.seed,
+        pretrained=req.pretrained,
+        model_overrides=dict(req.model_overrides),
+    )
+    job = crud.create_job(
+        session,
+        kind=spec.kind,
+        config=spec.to_dict(),
+        model=spec.model,
+        dataset=spec.dataset,
+        seed=spec.seed,
+    )
+    _commit(session, [job])
+    return job
+
+
+def submit_calibrate(session: Session, req: CalibrateCreate, *, settings: ApiSettings) -> Job:
+    """A calibration job of the cost preview (`pft.cost`): its result is what ``GET /cost``
+    predicts from."""
+    check_dataset(req, settings)
+    spec = CalibrateSpec(
+        model=req.model,
+        dataset=req.dataset,
+        pretrained=req.pretrained,
+        model_overrides=dict(req.model_overrides),
+        batch_size=req.batch_size,
+        steps=req.steps,
+    )
+    job = crud.create_job(
+        session, kind=spec.kind, config=spec.to_dict(), model=spec.model, dataset=spec.dataset
+    )
     _commit(session, [job])
     return job
 
@@ -324,6 +455,8 @@ def submit_experiment(
         plan_strategy(session, req, spec, ("body", "strategies", i))
         for i, spec in enumerate(req.strategies)
     ]
+    for plan in plans:
+        check_fits(session, req, plan, req.hparams.batch_size, settings)
     experiment = crud.create_experiment(
         session,
         name=req.name or f"{req.model} on {req.dataset}",

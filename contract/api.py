@@ -8,11 +8,12 @@ models) live in `backend.schemas`; everything here is plain data.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from contract.vocab import AngleScope, JobKind, JobStatus
+from contract.vocab import API_PREFIX, AngleScope, JobKind, JobStatus
 
 
 class _Public(BaseModel):
@@ -95,11 +96,28 @@ class AnglesPublic(BaseModel):
 
 
 class ArtifactPublic(_Public):
+    job_id: int
     kind: str
+    # The store's own location (a path in the workers' store, or its URL): for workers and
+    # operators on the lab's hosts. API users fetch the bytes from `download`.
     location: str
     size_bytes: int
     sha256: str
     created_at: datetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def download(self) -> str:
+        """The file's bytes, checked against ``sha256``, with the users' token: a path on the
+        API's origin (``GET /jobs/{id}/artifacts/{kind}/file``)."""
+        return f"{API_PREFIX}/jobs/{self.job_id}/artifacts/{self.kind}/file"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def file_name(self) -> str:
+        """What a download is saved as: ``job7-delta.safetensors`` (the stored file's suffix)."""
+        suffix = PurePosixPath(self.location).suffix
+        return f"job{self.job_id}-{self.kind}{suffix}"
 
 
 class SoupPublic(_Public):
@@ -113,6 +131,9 @@ class SoupPublic(_Public):
     score_in: float | None
     scores_out: dict[str, float]
     error: str | None
+    # The merge's per-unit mixing weights, as `pft.soups.pipeline.make_soup` returns them
+    # (`SoupOutcome.mixing`); {} for methods that weigh no unit, and for soups built before.
+    mixing: dict[str, Any] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +180,117 @@ class ExperimentsPage(BaseModel):
 class ExperimentCreated(BaseModel):
     experiment: ExperimentPublic
     jobs: list[JobPublic]
+
+
+# ---------------------------------------------------------------------------------------------
+# results across any set of jobs (``GET /results``, `backend.results`)
+
+
+class Spread(BaseModel):
+    """A metric over a group's succeeded jobs (seeds): how many, mean and spread."""
+
+    n: int
+    mean: float | None
+    sd: float | None  # sample standard deviation; None below two values
+    ci95: float | None  # half-width of the 95% Student-t interval of the mean; None below two
+
+
+class ResultGroup(BaseModel):
+    """Jobs that differ only by seed: one experiment's strategy, loose jobs of one recipe (model,
+    dataset, strategy, hyperparameters), or the soups of one method (and parameters)."""
+
+    label: str  # unique within the answer: "#3 · attn_only", "loose · full", "soup (greedy)"
+    source: str  # "experiment", "loose" or "soup"
+    experiment_id: int | None
+    kind: JobKind
+    model: str | None
+    dataset: str | None
+    recipe: str  # the strategy label (`backend.results.strategy_label`) or "soup (<method>)"
+    hparams: dict[str, Any]  # the spec's hyperparameters but the seed (a soup's: its params)
+    jobs: int
+    succeeded: int
+    job_ids: list[int]
+    heldout_acc: Spread
+    test_acc: Spread
+    shift_acc: dict[str, Spread]  # {shift: accuracy under it}
+    tuned_params: int | None
+    tuned_fraction: float | None
+
+
+class ResultJob(BaseModel):
+    """One job of the selection with its final accuracies (a fine-tuning job's last epoch, a
+    soup's evaluation) and the group it is counted in."""
+
+    job_id: int
+    group: str  # its `ResultGroup.label`
+    experiment_id: int | None
+    kind: JobKind
+    status: JobStatus
+    seed: int | None
+    tuned_params: int | None
+    heldout_acc: float | None
+    test_acc: float | None
+    shift_acc: dict[str, float]
+
+
+class ResultsView(BaseModel):
+    experiments: list[int]
+    loose: bool  # fine-tuning jobs of no experiment (launched from the Angles page, say)
+    soups: bool
+    shifts: list[str]  # every shift some job of the selection was evaluated under
+    groups: list[ResultGroup]
+    jobs: list[ResultJob]
+    truncated: bool  # more jobs matched than one answer holds (the newest were kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cost preview (`pft.cost`, ``GET /cost``)
+
+
+class CostPrediction(BaseModel):
+    """One strategy's predicted cost on a device kind (`pft.cost.predict.Prediction`)."""
+
+    strategy: str
+    seconds: float  # prefix_seconds + train_seconds + eval_seconds
+    train_seconds: float  # what a finished job reports as result.train_seconds
+    prefix_seconds: float  # the one-time prefix pass (result.prefix_cache.seconds)
+    eval_seconds: float  # evaluation after every epoch
+    peak_mb: float
+    prefix_cached: bool  # trains on cached frozen-prefix tokens
+    prefix_blocks: int  # blocks below the lowest tuned one
+    device_kind: str  # "NVIDIA H100 80GB HBM3", "cpu (2 threads)"
+    tuned_params: int | None = None
+    provisional: bool = False  # units a reference job ranks: a placeholder selection
+
+
+class CostPreview(BaseModel):
+    """``GET /cost``: per strategy, the predicted cost of a run, or why there is none yet."""
+
+    model: str
+    dataset: str
+    epochs: int
+    batch_size: int
+    augment: bool
+    prefix_cache: bool
+    calibrated: bool  # False: no succeeded calibrate job of this model and dataset yet
+    message: str = ""  # not calibrated: how to get a calibration
+    device_kind: str | None = None
+    calibration_job: int | None = None  # the calibrate job the predictions come from
+    pending_job: int | None = None  # a queued or running calibrate job of this model, dataset
+    train_images: int | None = None
+    eval_images: int | None = None  # held-out + test, evaluated after every epoch
+    strategies: list[CostPrediction] = []
+
+
+class CostComparison(BaseModel):
+    """``GET /cost/jobs/{id}``: a fine-tuning job's predicted against measured training time
+    (``train_seconds`` + ``prefix_seconds`` against the run's same two figures)."""
+
+    job_id: int
+    strategy: str | None
+    predicted: CostPrediction | None = None  # None: no calibration of its model and dataset
+    measured_seconds: float | None = None  # None: the job has not finished training
+    message: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +411,66 @@ class ModelsPage(BaseModel):
     items: list[ModelRow]
 
 
+# ---------------------------------------------------------------------------------------------
+# selection criteria (rank jobs and their comparison)
+
+
+class CriterionEntry(RegistryEntry):
+    """A selection criterion of `pft.criteria.registry` (``GET /catalog/criteria``)."""
+
+    cost: str = ""  # what one ranking costs, in words
+    # Ranks from a finished full fine-tuning run (its final angles): not run as a rank job.
+    needs_reference: bool = False
+    needs_training: bool = False  # runs a short full fine-tuning itself
+
+
+class UnitScore(BaseModel):
+    name: str  # "ATTN.3"
+    group: str  # the group top-K selection ranks it in
+    score: float
+
+
+class RankScores(BaseModel):
+    """A rank job's result: `pft rank --json` (``criterion``, ``units``, ``seconds``) plus the
+    resolved parameters, the seed and the device it ran on."""
+
+    criterion: str
+    units: list[UnitScore]
+    seconds: float
+    params: dict[str, Any] = {}
+    seed: int | None = None
+    device: str | None = None
+
+
+class CriterionScores(BaseModel):
+    """One criterion's scores in a comparison, and the job they come from."""
+
+    criterion: str
+    job_id: int  # a rank job, or the fine-tuning job whose final angles these are
+    units: list[UnitScore]
+    seconds: float  # the cost: the ranking's seconds (a fine-tuning job: its training time)
+
+
+class CriteriaPair(BaseModel):
+    a: str
+    b: str
+    spearman: float | None  # None: one side ranks nothing (every score equal)
+    topk_overlap: float  # share of the top-K units per group both select
+
+
+class CriteriaComparison(BaseModel):
+    """``GET /criteria/compare``: every pair of criteria scored on one model and dataset
+    (`pft.criteria.compare`)."""
+
+    model: str
+    dataset: str
+    k: int
+    order: str
+    criteria: list[CriterionScores]
+    pairs: list[CriteriaPair]
+    cost: dict[str, float]  # criterion -> seconds
+
+
 class Health(BaseModel):
     status: str  # "ok" or "degraded"
     database: bool  # reachable
@@ -346,6 +538,12 @@ class SoupOutcome(BaseModel):
     trace: list[dict[str, Any]] = []
     score_in: float | None = None
     scores_out: dict[str, float] = {}
+    # Per-unit mixing weights of methods that weigh units (`pft.soups.averaging.Merged.mixing`):
+    # {"weight": what a unit's weight means ("scale", "kept", "t"), "units": {group: {"weight",
+    # "ingredients" (how many ingredients tuned it), ...}}, ...the method's own values (a chosen
+    # scale and its grid, a density)}. A group is a unit of the unit map ("ATTN.3") or "head",
+    # "stem", "final_norm"; only groups some ingredient tuned appear, in depth order. {} else.
+    mixing: dict[str, Any] = {}
 
 
 class FinishReport(_Claimed):
@@ -358,6 +556,14 @@ class FinishReport(_Claimed):
     angles: list[AngleRow] = []  # measured on the final weights
     artifacts: list[ArtifactReport] = []
     soup: SoupOutcome | None = None
+
+
+class ReleaseReport(_Claimed):
+    """A worker that is stopping gives its job back (``POST /worker/jobs/{id}/release``): the
+    job is queued again with its state saved mid-epoch, and this attempt does not count."""
+
+    reason: str = Field("worker stopped", max_length=400)
+    epochs: list[EpochRecord] = []  # the attempt's epochs (fills any a report lost)
 
 
 class ShapeTableReport(BaseModel):

@@ -34,6 +34,13 @@ class LabSettings(BaseSettings):
     heartbeat_stale_s: float = Field(
         60.0, gt=0, description="a running job whose heartbeat is older is presumed lost"
     )
+    job_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="the most memory one job may use, MB: the API refuses a fine-tuning job "
+        "whose estimated peak exceeds it; default: the largest device memory a calibrate job "
+        "reported, else this host's physical memory",
+    )
     shipped_weights: bool = Field(
         True,
         description="built-in backbones load the weights the package ships when the data folder "

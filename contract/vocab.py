@@ -12,6 +12,8 @@ class JobKind(StrEnum):
     PRETRAIN = "pretrain"
     FINETUNE = "finetune"
     SOUP = "soup"
+    RANK = "rank"  # per-unit scores of a selection criterion (`pft.criteria`)
+    CALIBRATE = "calibrate"  # cost coefficients of a model on a worker's device (`pft.cost`)
 
 
 class JobStatus(StrEnum):

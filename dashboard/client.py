@@ -11,7 +11,7 @@ server (``get_client``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -20,6 +20,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from contract.api import (
     AnglesPublic,
+    ArtifactPublic,
+    CostComparison,
+    CostPreview,
+    CriteriaComparison,
+    CriterionEntry,
     DatasetsCatalog,
     ExperimentCreated,
     ExperimentDetail,
@@ -31,6 +36,7 @@ from contract.api import (
     ModelPublic,
     ModelsPage,
     RegistryEntry,
+    ResultsView,
     SelectionPublic,
     SoupPublic,
     UnitsPreview,
@@ -151,6 +157,18 @@ class ApiClient:
     def soup_methods(self) -> list[RegistryEntry]:
         return self._get(list[RegistryEntry], "GET", "/catalog/soups")
 
+    def criteria(self) -> list[CriterionEntry]:
+        """The selection criteria (those without ``needs_reference`` run as rank jobs)."""
+        return self._get(list[CriterionEntry], "GET", "/catalog/criteria")
+
+    def compare_criteria(
+        self, model: str, dataset: str, *, k: int | None = None, order: str | None = None
+    ) -> CriteriaComparison:
+        """How the newest scores of each criterion on ``model`` and ``dataset`` agree."""
+        given = {"k": k, "order": order}
+        params = {"model": model, "dataset": dataset, **{n: v for n, v in given.items() if v}}
+        return self._get(CriteriaComparison, "GET", "/criteria/compare", params=params)
+
     def hparams(self) -> RegistryEntry:
         """The training hyperparameters with their defaults and accepted ranges."""
         return self._get(RegistryEntry, "GET", "/catalog/hparams")
@@ -169,6 +187,17 @@ class ApiClient:
     def preview(self, body: Mapping[str, Any]) -> SelectionPublic:
         """What a strategy with parameters tunes on a model, before anything is launched."""
         return self._get(SelectionPublic, "POST", "/preview", json=dict(body))
+
+    def cost(self, model: str, dataset: str, **run: Any) -> CostPreview:
+        """Predicted time and peak memory per strategy (``run``: epochs, batch_size, augment,
+        prefix_cache), or why there is no calibration yet."""
+        given = {k: v for k, v in run.items() if v is not None}
+        params = {"model": model, "dataset": dataset, **given}
+        return self._get(CostPreview, "GET", "/cost", params=params)
+
+    def job_cost(self, job_id: int) -> CostComparison:
+        """A fine-tuning job's predicted against measured training time."""
+        return self._get(CostComparison, "GET", f"/cost/jobs/{job_id}")
 
     # submitting work
     def create_experiment(self, body: Mapping[str, Any]) -> ExperimentCreated:
@@ -202,6 +231,15 @@ class ApiClient:
     def angles(self, job_id: int) -> AnglesPublic:
         return self._get(AnglesPublic, "GET", f"/jobs/{job_id}/angles")
 
+    def artifacts(self, job_id: int) -> list[ArtifactPublic]:
+        """The job's stored files (kind, size, sha256, ``download`` path)."""
+        return self._get(list[ArtifactPublic], "GET", f"/jobs/{job_id}/artifacts")
+
+    def artifact_file(self, job_id: int, kind: str) -> bytes:
+        """The bytes of one of the job's files, as the API checked them against their recorded
+        sha256 (fetched here, with the token: the browser gets only the bytes)."""
+        return self.request("GET", f"/jobs/{job_id}/artifacts/{kind}/file").content
+
     def soup(self, soup_id: int) -> SoupPublic:
         return self._get(SoupPublic, "GET", f"/soups/{soup_id}")
 
@@ -211,6 +249,16 @@ class ApiClient:
 
     def experiment(self, experiment_id: int) -> ExperimentDetail:
         return self._get(ExperimentDetail, "GET", f"/experiments/{experiment_id}")
+
+    def results(
+        self, experiments: Sequence[int] = (), *, loose: bool = False, soups: bool = False
+    ) -> ResultsView:
+        """Any set of jobs side by side: the ``experiments``' jobs, the loose fine-tuning jobs
+        (of no experiment) and the soups, grouped by recipe with spreads over seeds."""
+        params: dict[str, Any] = {"loose": loose, "soups": soups}
+        if experiments:
+            params["experiments"] = ",".join(str(int(i)) for i in experiments)
+        return self._get(ResultsView, "GET", "/results", params=params)
 
     def results_file(self, experiment_id: int, fmt: str) -> bytes:
         if fmt not in RESULT_FORMATS:

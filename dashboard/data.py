@@ -16,6 +16,11 @@ import streamlit as st
 
 from contract.api import (
     AnglesPublic,
+    ArtifactPublic,
+    CostComparison,
+    CostPreview,
+    CriteriaComparison,
+    CriterionEntry,
     DatasetsCatalog,
     ExperimentDetail,
     ExperimentPublic,
@@ -26,6 +31,7 @@ from contract.api import (
     ModelPublic,
     ModelsPage,
     RegistryEntry,
+    ResultsView,
     SelectionPublic,
     SoupPublic,
     UnitsPreview,
@@ -58,6 +64,18 @@ def strategies() -> list[RegistryEntry]:
 @st.cache_data(ttl=300, show_spinner=False)
 def soup_methods() -> list[RegistryEntry]:
     return get_client().soup_methods()
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def criteria() -> list[CriterionEntry]:
+    return get_client().criteria()
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def criteria_comparison(
+    model: str, dataset: str, k: int | None = None, order: str | None = None
+) -> CriteriaComparison:
+    return get_client().compare_criteria(model, dataset, k=k, order=order)
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -128,8 +146,18 @@ def angles(job_id: int) -> AnglesPublic:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
+def artifacts(job_id: int) -> list[ArtifactPublic]:
+    return get_client().artifacts(job_id)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
 def soup(soup_id: int) -> SoupPublic:
     return get_client().soup(soup_id)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def results(experiments: tuple[int, ...], loose: bool, soups: bool) -> ResultsView:
+    return get_client().results(experiments, loose=loose, soups=soups)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
@@ -137,7 +165,17 @@ def results_file(experiment_id: int, fmt: str) -> bytes:
     return get_client().results_file(experiment_id, fmt)
 
 
+@st.cache_data(ttl=2, show_spinner=False)  # short: a calibration may finish any time
+def cost(model: str, dataset: str, **run: Any) -> CostPreview:
+    return get_client().cost(model, dataset, **run)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def job_cost(job_id: int) -> CostComparison:
+    return get_client().job_cost(job_id)
+
+
 def clear() -> None:
     """Forget cached reads after a write (submit, cancel, retry)."""
-    for fn in (experiments, experiment, jobs_page, job, metrics, soup, results_file):
+    for fn in (experiments, experiment, jobs_page, job, metrics, soup, results_file, results):
         fn.clear()

@@ -4,7 +4,19 @@ token, ``/health`` none."""
 from fastapi import APIRouter, Depends
 
 from backend.api.deps import require_token, require_worker_token
-from backend.api.routes import catalog, experiments, health, jobs, models, preview, soups, worker
+from backend.api.routes import (
+    catalog,
+    cost,
+    criteria,
+    experiments,
+    health,
+    jobs,
+    models,
+    preview,
+    results,
+    soups,
+    worker,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -15,6 +27,9 @@ _protected = [
     jobs.router,
     experiments.router,
     soups.router,
+    criteria.router,
+    cost.router,
+    results.router,
 ]
 for router in _protected:
     api_router.include_router(

@@ -117,9 +117,57 @@ class SoupSpec:
         return cls(**_known(cls, dict(d), "a soup spec"))
 
 
-JobSpec = FinetuneSpec | PretrainSpec | SoupSpec
+@dataclass
+class RankSpec:
+    """Score every unit of a model on a dataset by one selection criterion (`pft.criteria`);
+    `pft rank` runs the same (`pft.criteria.ranking.rank`)."""
+
+    kind: ClassVar[JobKind] = JobKind.RANK
+
+    model: str  # catalogue or timm name
+    dataset: str  # dataset catalogue name
+    criterion: str  # a criterion of `pft.criteria.registry` that runs as a job (`job_criteria`)
+    # The criterion's parameters as resolved: its registry defaults filled in (batches, ...).
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # data order and the new head's initialisation
+    pretrained: bool = True  # False: random weights
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RankSpec:
+        return cls(**_known(cls, dict(d), "a rank spec"))
+
+
+@dataclass
+class CalibrateSpec:
+    """Measure a model's cost coefficients on the worker's device (`pft.cost.calibrate`), the
+    calibration behind the cost preview (`pft.cost.predict`, ``GET /cost``)."""
+
+    kind: ClassVar[JobKind] = JobKind.CALIBRATE
+
+    model: str  # catalogue or timm name
+    # Whose images are preprocessed and whose split sizes the result records (None: random
+    # images of the model's input shape, no sizes).
+    dataset: str | None = None
+    pretrained: bool = False  # speed does not depend on the weights; False downloads nothing
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32  # images per measured step
+    steps: int = 3  # measured steps per path (after one warm-up step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CalibrateSpec:
+        return cls(**_known(cls, dict(d), "a calibration spec"))
+
+
+JobSpec = FinetuneSpec | PretrainSpec | SoupSpec | RankSpec | CalibrateSpec
 JOB_SPECS: dict[JobKind, type[JobSpec]] = {
-    cls.kind: cls for cls in (FinetuneSpec, PretrainSpec, SoupSpec)
+    cls.kind: cls for cls in (FinetuneSpec, PretrainSpec, SoupSpec, RankSpec, CalibrateSpec)
 }
 
 
@@ -148,4 +196,5 @@ class JobResult:
     # Per-epoch angle rows of the units, {epoch: [rows]} (the trajectory).
     trajectory: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path in the run folder
-    soup: dict[str, Any] | None = None  # soups: {"trace", "score_in", "scores_out"}
+    # soups: {"trace", "score_in", "scores_out", "mixing"} (`contract.api.SoupOutcome`)
+    soup: dict[str, Any] | None = None

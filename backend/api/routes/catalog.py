@@ -1,5 +1,6 @@
-"""``/catalog/*``: the models, datasets, shifts, strategies, soup methods and training
-hyperparameters a job may use, each from its registry or request schema (torch-free)."""
+"""``/catalog/*``: the models, datasets, shifts, strategies, soup methods, selection criteria
+and training hyperparameters a job may use, each from its registry or request schema
+(torch-free)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from fastapi import APIRouter
 from pydantic.fields import FieldInfo
 
 from backend.schemas import HparamsCreate
-from contract.api import DatasetsCatalog, ModelPublic, ParamPublic, RegistryEntry
+from contract.api import CriterionEntry, DatasetsCatalog, ModelPublic, ParamPublic, RegistryEntry
 from pft import dataset_catalog, strategies
+from pft.criteria import registry as criteria
 from pft.model_catalog import CATALOG, shape_table
 from pft.soups import registry as merges
 
@@ -50,6 +52,13 @@ def strategy_catalogue() -> list[RegistryEntry]:
 def soup_catalogue() -> list[RegistryEntry]:
     """Merge methods for ``POST /soups`` with their parameters."""
     return [RegistryEntry.model_validate(entry) for entry in merges.catalogue()]
+
+
+@router.get("/criteria", response_model=list[CriterionEntry])
+def criterion_catalogue() -> list[CriterionEntry]:
+    """Selection criteria (per-unit scores) with their parameters and cost; those without
+    ``needs_reference`` run as ``rank`` jobs (``POST /jobs``)."""
+    return [CriterionEntry.model_validate(entry) for entry in criteria.catalogue()]
 
 
 _KINDS = {bool: "bool", int: "int", float: "float"}  # bool first: a bool is an int too

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Query, Response, status
+from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
 
-from backend import crud, idempotency
+from backend import artifact_files, crud, idempotency
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Job
 from backend.enqueue import enqueue_job, enqueue_jobs
-from backend.schemas import FinetuneCreate, JobCreate, PretrainCreate
-from backend.submit import submit_finetune, submit_pretrain, submit_soup
+from backend.schemas import CalibrateCreate, FinetuneCreate, JobCreate, PretrainCreate, RankCreate
+from backend.submit import (
+    submit_calibrate,
+    submit_finetune,
+    submit_pretrain,
+    submit_rank,
+    submit_soup,
+)
 from contract.api import (
     AngleRow,
     AngleSet,
@@ -46,7 +55,9 @@ def create_job(
     idempotency_key: idempotency.KeyHeader = None,
 ) -> Job:
     """Submits one job: ``finetune`` (the default kind; the registry's first strategy, full
-    fine-tuning, by default), ``pretrain`` or ``soup``. The job is queued in the database when
+    fine-tuning, by default), ``pretrain``, ``soup`` or ``rank`` (per-unit scores of a selection
+    criterion, ``GET /catalog/criteria``) or ``calibrate`` (the cost preview's measurement,
+    ``GET /cost``). The job is queued in the database when
     this answers, and sent to the broker right after. With an ``Idempotency-Key``, a retry of
     the same request answers the same job (header ``Idempotent-Replayed: true``)."""
 
@@ -55,6 +66,10 @@ def create_job(
             return submit_finetune(session, request, settings=settings)
         if isinstance(request, PretrainCreate):
             return submit_pretrain(session, request)
+        if isinstance(request, RankCreate):
+            return submit_rank(session, request, settings=settings)
+        if isinstance(request, CalibrateCreate):
+            return submit_calibrate(session, request, settings=settings)
         return submit_soup(session, request)
 
     job, replay = idempotency.submit_once(
@@ -119,6 +134,54 @@ def read_artifacts(job_id: IdPath, session: SessionDep) -> list:
     """Files the job produced (checkpoint delta, ...), with size and sha256."""
     get_job_or_404(session, job_id)
     return crud.get_artifacts(session, job_id=job_id)
+
+
+ArtifactKind = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+_UNAVAILABLE = {  # why a recorded file cannot be served -> the answer's status
+    artifact_files.ArtifactGone: 410,
+    artifact_files.ArtifactCorrupt: 409,
+    artifact_files.ArtifactOutsideStore: 409,
+    artifact_files.StoreUnreachable: 502,
+}
+
+
+@router.get(
+    "/{job_id}/artifacts/{kind}/file",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"},
+        404: {"description": "no such job, or the job has no artifact of this kind"},
+        409: {"description": "the stored file no longer matches its recorded sha256"},
+        410: {"description": "the stored file is gone"},
+        502: {"description": "the artifact store could not be read"},
+    },
+)
+def download_artifact(
+    job_id: IdPath, kind: ArtifactKind, session: SessionDep, settings: SettingsDep
+) -> StreamingResponse:
+    """The bytes of one of the job's files (``kind``: ``delta`` for a fine-tuning job's
+    checkpoint, ``soup``, ``metrics``, ...), after checking them against the sha256 recorded
+    when the file was written (header ``X-Checksum-Sha256``, also the ``ETag``)."""
+    job = get_job_or_404(session, job_id)
+    found = {a.kind: a for a in crud.get_artifacts(session, job_id=job_id)}
+    artifact = found.get(kind)
+    if artifact is None:
+        has = ", ".join(sorted(found)) or f"none yet (the job is {job.status})"
+        raise HTTPException(404, f"job {job_id} has no {kind!r} artifact; it has: {has}")
+    what = f"the {kind} file of job {job_id}"
+    try:
+        f = artifact_files.open_verified(artifact_files.api_store(settings), artifact, what)
+    except artifact_files.ArtifactUnavailable as exc:
+        raise HTTPException(_UNAVAILABLE.get(type(exc), 409), str(exc)) from None
+    name = ArtifactPublic.model_validate(artifact).file_name
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "Content-Length": str(artifact_files.file_size(f)),
+        "ETag": f'"{artifact.sha256}"',
+        "X-Checksum-Sha256": artifact.sha256,
+    }
+    media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return StreamingResponse(artifact_files.chunks(f), media_type=media, headers=headers)
 
 
 @router.post(
