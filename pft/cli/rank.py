@@ -1,5 +1,6 @@
 """`pft rank`: per-unit scores of a selection criterion (`pft.criteria`) for a model on a
-dataset; `criterion_topk` tunes the top-K units of each group by them."""
+dataset; `criterion_topk` tunes the top-K units of each group by them. A lab ``rank`` job
+(`pft.jobs.specs.RankSpec`) runs the same `pft.criteria.ranking.rank`."""
 
 from __future__ import annotations
 

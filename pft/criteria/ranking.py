@@ -39,7 +39,8 @@ def _checked(
     return c, checked
 
 
-def _default_device(device: torch.device | str | None) -> torch.device:
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device a criterion runs on: ``device``, else CUDA when available, else the CPU."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -76,7 +77,7 @@ def score_units(
         unit_map,
         data,
         seed=seed,
-        device=_default_device(device),
+        device=resolve_device(device),
         progress=progress,
         **checked,
         **extra,

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pft.errors import unknown_name
-from pft.strategies import StrategyParam, check_params
+from pft.errors import PftError, unknown_name
+from pft.strategies import StrategyParam, check_params, reference_strategies
 
 # ``progress(done, total)``: batches (or training steps) done so far; None reports nothing.
 Progress = Callable[[int, int], None] | None
@@ -104,13 +104,38 @@ def get_criterion(name: str) -> Criterion:
         raise unknown_name("criterion", name, CRITERIA, field="criterion") from None
 
 
+def job_criteria() -> list[str]:
+    """The criteria a rank job runs (`pft.jobs.specs.RankSpec`): every one but those that rank
+    from a reference run, whose scores that finished run already recorded (its final angles)."""
+    return [c.name for c in _ALL if not c.needs_reference]
+
+
+def get_job_criterion(name: str) -> Criterion:
+    """The criterion a rank job may run; PftError (``field="criterion"``) naming those it may."""
+    c = CRITERIA.get(name) if isinstance(name, str) else None
+    if c is None:
+        raise unknown_name("criterion", name, job_criteria(), field="criterion")
+    if c.needs_reference:
+        raise PftError(
+            f"criterion {c.name!r} is not run as a rank job: its scores are the final unit "
+            f"angles a finished {' or '.join(reference_strategies())} fine-tuning job recorded "
+            f"(use that job); rank jobs take: {', '.join(job_criteria())}",
+            field="criterion",
+        )
+    return c
+
+
 def catalogue() -> list[dict]:
-    """The registry as plain data shaped like `contract.api.RegistryEntry`."""
+    """The registry as plain data shaped like `contract.api.CriterionEntry` (a
+    `contract.api.RegistryEntry` with what the criterion needs and costs)."""
     return [
         {
             "name": c.name,
             "description": c.description,
             "params": [p.public_dict() for p in c.params if p.public],
+            "cost": c.cost,
+            "needs_reference": c.needs_reference,
+            "needs_training": c.needs_training,
         }
         for c in _ALL
     ]
