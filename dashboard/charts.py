@@ -7,6 +7,7 @@ tensor parts on columns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -429,4 +430,145 @@ def soup_comparison(scores: Mapping[str, Mapping[str, float]]) -> go.Figure:
         barmode="group", title_text="Soup vs best ingredient vs other soups", height=380
     )
     fig.update_yaxes(title_text="accuracy")
+    return fig
+
+
+def mixing_heatmap(matrix: Mapping) -> go.Figure:
+    """A merge's per-unit mixing weights: units on rows (depth order, as the merge reports
+    them), ingredients on columns; a blank cell is a unit that ingredient did not tune.
+
+    ``matrix``: `dashboard.soup_view.mixing_matrix` (``weight``, ``units``, ``ingredients``,
+    ``z``, ``tuners``).
+    """
+    weight = matrix["weight"]
+    n = len(matrix["ingredients"])
+    hover = [
+        [
+            f"{unit} · job {job}: {weight} "
+            + ("—" if v is None else f"{v:.4g}")
+            + f"<br>tuned by {tuners} of {n} ingredients"
+            for job, v in zip(matrix["ingredients"], row, strict=True)
+        ]
+        for unit, row, tuners in zip(matrix["units"], matrix["z"], matrix["tuners"], strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix["z"],
+            x=[f"job {i}" for i in matrix["ingredients"]],
+            y=list(matrix["units"]),
+            text=hover,
+            hovertemplate="%{text}<extra></extra>",
+            colorscale=ANGLE_SCALE,
+            colorbar=dict(title=dict(text=weight)),
+            xgap=2,
+            ygap=1,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="unit")
+    fig.update_xaxes(title_text="ingredient", type="category")
+    fig.update_layout(
+        title_text=f"Mixing weight per unit ({weight})",
+        height=max(280, 90 + 20 * len(matrix["units"])),
+        margin=dict(l=10, r=10, t=60, b=10),
+    )
+    return fig
+
+
+def soup_lineage_graph(graph: Mapping) -> go.Figure:
+    """Ingredients -> soup as a graph: one node per ingredient on the left, the soup on the
+    right, an edge from each ingredient (green: kept by a greedy soup, red dotted: left out,
+    grey: every ingredient is kept or the soup is not built yet).
+
+    ``graph``: `dashboard.soup_view.lineage_graph` (``nodes``, ``edges``).
+    """
+    at = {n["id"]: (n["x"], n["y"]) for n in graph["nodes"]}
+    fig = go.Figure()
+    for kept, color, dash, name in (
+        (True, ACCEPTED_COLOR, "solid", "kept"),
+        (False, REJECTED_COLOR, "dot", "left out"),
+        (None, "#7f7f7f", "solid", "ingredient of"),
+    ):
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for e in graph["edges"]:
+            if e["kept"] is kept:
+                (x0, y0), (x1, y1) = at[e["source"]], at[e["target"]]
+                xs += [x0, x1, None]
+                ys += [y0, y1, None]
+        if xs:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    name=name,
+                    line=dict(color=color, dash=dash, width=2),
+                    hoverinfo="skip",
+                )
+            )
+    for kind, color, symbol, position in (
+        ("ingredient", "#1f77b4", "circle", "middle left"),
+        ("soup", "#ff7f0e", "hexagon", "middle right"),
+    ):
+        nodes = [n for n in graph["nodes"] if n["kind"] == kind]
+        fig.add_trace(
+            go.Scatter(
+                x=[n["x"] for n in nodes],
+                y=[n["y"] for n in nodes],
+                mode="markers+text",
+                name=f"{kind}s" if kind == "ingredient" else kind,
+                text=[n["label"] for n in nodes],
+                textposition=position,
+                hovertext=[n["hover"] for n in nodes],
+                hovertemplate="%{hovertext}<extra></extra>",
+                marker=dict(color=color, symbol=symbol, size=18 if kind == "soup" else 12),
+            )
+        )
+    rows = sum(1 for n in graph["nodes"] if n["kind"] == "ingredient")
+    fig.update_xaxes(visible=False, range=[-1.2, 2.2])
+    fig.update_yaxes(visible=False, range=[-0.8, max(rows - 1, 0) + 0.8])
+    fig.update_layout(
+        title_text="Lineage: ingredients → soup",
+        height=max(240, 80 + 40 * rows),
+        showlegend=False,
+        margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return fig
+
+
+def configurations_parcoords(configs: Sequence[Mapping], axes: Sequence) -> go.Figure:
+    """Parallel coordinates of configurations (`dashboard.shaping.configurations`), one line
+    each, coloured by test accuracy; ``axes``: `dashboard.shaping.Axis` (a log axis is drawn in
+    log10 with the values as ticks, a categorical one with its labels)."""
+    dimensions = []
+    for axis in axes:
+        values = [axis.value(c) for c in configs]
+        dim: dict = dict(label=axis.label, values=values)
+        if axis.ticks:
+            dim |= dict(tickvals=list(range(len(axis.ticks))), ticktext=list(axis.ticks))
+            dim["range"] = [-0.5, len(axis.ticks) - 0.5]
+        elif axis.log:
+            raw = sorted({float(c[axis.key]) for c in configs if axis.value(c) is not None})
+            dim |= dict(tickvals=[math.log10(v) for v in raw], ticktext=[f"{v:g}" for v in raw])
+        known = [v for v in values if v is not None]
+        if known and min(known) == max(known) and not axis.ticks:
+            dim["range"] = [min(known) - 0.5, max(known) + 0.5]  # a constant axis, centred
+        dimensions.append(dim)
+    test = [c.get("test_acc") for c in configs]
+    fig = go.Figure(
+        go.Parcoords(
+            dimensions=dimensions,
+            line=dict(
+                color=[0.0 if v is None else v for v in test],
+                colorscale=ANGLE_SCALE,
+                showscale=True,
+                colorbar=dict(title=dict(text="test acc")),
+            ),
+        )
+    )
+    fig.update_layout(
+        title_text=f"Configurations ({len(configs)}): drag along an axis to filter the tables",
+        height=460,
+        margin=dict(l=80, r=60, t=90, b=30),
+    )
     return fig

@@ -149,3 +149,109 @@ def lineage_rows(
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# mixing weights and the lineage graph
+
+
+def _tuned_every_parameter(job: JobPublic) -> bool:
+    """Whether the job tuned every parameter (the only jobs that tune the stem and final norm)."""
+    return job.tuned_params is not None and job.tuned_params == job.total_params
+
+
+def _tuned_units(job: JobPublic | None) -> set[str]:
+    """The units a fine-tuning job tuned (``result["strategy"]["units"]``, the run's selection)."""
+    strategy = ((job.result if job else None) or {}).get("strategy") or {}
+    return {str(u) for u in strategy.get("units") or ()}
+
+
+def mixing_matrix(soup: SoupPublic, jobs: Mapping[int, JobPublic]) -> dict | None:
+    """A merge's per-unit mixing weights as a units x ingredients matrix, or None for a soup
+    without any (`contract.api.SoupOutcome.mixing`).
+
+    Row ``u``, column ``i`` holds unit ``u``'s weight where ingredient ``i`` tuned ``u`` (its
+    run's selection), None where it did not. Groups outside the units (head, stem, final norm)
+    were tuned by every ingredient when the record says so, else by those that tuned every
+    parameter. Returns ``{"weight" (what a weight means), "units", "ingredients" (job ids),
+    "z", "tuners" (per unit: how many ingredients tuned it)}``.
+    """
+    units = (soup.mixing or {}).get("units") or {}
+    if not units:
+        return None
+    ids = list(soup.ingredients)
+    tuned = {i: _tuned_units(jobs.get(i)) for i in ids}
+    listed = set().union(*tuned.values())
+    everything = [i for i in ids if i in jobs and _tuned_every_parameter(jobs[i])]
+    z, tuners = [], []
+    for group, row in units.items():
+        count = int(row.get("ingredients", 0))
+        if group in listed:
+            members = {i for i in ids if group in tuned[i]}
+        else:
+            members = set(ids) if count == len(ids) else set(everything)
+        weight = row.get("weight")
+        z.append([float(weight) if i in members and weight is not None else None for i in ids])
+        tuners.append(count)
+    return {
+        "weight": str(soup.mixing.get("weight", "weight")),
+        "units": list(units),
+        "ingredients": ids,
+        "z": z,
+        "tuners": tuners,
+    }
+
+
+def mixing_notes(soup: SoupPublic) -> str:
+    """The method's own values next to its weights (a chosen scale, a density), in words."""
+    scalars = {
+        k: v
+        for k, v in (soup.mixing or {}).items()
+        if k not in ("units", "weight") and isinstance(v, int | float | str | bool)
+    }
+    return ", ".join(
+        f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in scalars.items()
+    )
+
+
+def lineage_graph(
+    soup_job: JobPublic, jobs: Mapping[int, JobPublic], trace: Sequence[Mapping] = ()
+) -> dict:
+    """Ingredients -> soup as nodes and edges: ingredients on the left in the soup's order, the
+    soup on the right; an edge is ``kept`` True/False (a greedy soup's verdict) or None
+    (methods that keep every ingredient, or a soup not built yet).
+
+    Returns ``{"nodes": [{"id", "label", "x", "y", "kind" ("ingredient"/"soup"), "hover"}],
+    "edges": [{"source", "target", "kept"}]}``.
+    """
+    ids = [int(i) for i in soup_job.config["ingredients"]]
+    kept = {int(row["job_id"]): bool(row["accepted"]) for row in trace if "job_id" in row}
+    nodes, edges = [], []
+    for k, job_id in enumerate(ids):
+        job = jobs.get(job_id)
+        strategy = (job.strategy if job else None) or "—"
+        seed = "" if job is None or job.seed is None else f" · seed {job.seed}"
+        nodes.append(
+            {
+                "id": job_id,
+                "label": f"#{job_id} {strategy}{seed}",
+                "x": 0.0,
+                "y": float(len(ids) - 1 - k),
+                "kind": "ingredient",
+                "hover": f"job {job_id}: {strategy}{seed}<br>held-out {_acc(job, 'heldout_acc')}"
+                f" · test {_acc(job, 'test_acc')}",
+            }
+        )
+        edges.append({"source": job_id, "target": soup_job.id, "kept": kept.get(job_id)})
+    method = soup_job.config["method"]
+    nodes.append(
+        {
+            "id": soup_job.id,
+            "label": f"soup #{soup_job.id} ({method})",
+            "x": 1.0,
+            "y": (len(ids) - 1) / 2,
+            "kind": "soup",
+            "hover": f"soup {soup_job.id}: {method} of {len(ids)} · {soup_job.status}",
+        }
+    )
+    return {"nodes": nodes, "edges": edges}

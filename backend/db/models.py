@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -181,6 +182,9 @@ class Soup(Base):
     trace: Mapped[list[Any]] = mapped_column(default=list)
     score_in: Mapped[float | None] = mapped_column(Float)  # in-distribution test accuracy
     scores_out: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {shift: accuracy}
+    # Per-unit mixing weights of the merge (`contract.api.SoupOutcome.mixing`); {} for methods
+    # that weigh no unit and for soups recorded before migration 0004.
+    mixing: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
 
     job: Mapped[Job] = relationship(back_populates="soup")
 

@@ -11,8 +11,9 @@ import streamlit as st
 from contract.api import JobPublic, JobsPage
 from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
-from dashboard.client import get_client
+from dashboard.client import ApiError, get_client
 from dashboard.config import get_settings
+from dashboard.downloads import checkpoint_button
 from dashboard.progress import (
     EMPTY,
     cell,
@@ -147,6 +148,31 @@ selected = st.selectbox(
 )
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 60 else duration_text(value)
+
+
+def predicted_against_measured(job_id: int) -> None:
+    """A finished fine-tuning job's training time (steps + prefix pass) against the cost
+    preview's prediction for it (``GET /cost/jobs/{id}``)."""
+    try:
+        cost = data.job_cost(job_id)
+    except ApiError as exc:
+        st.caption(f"Predicted training time: {exc.message}")
+        return
+    if cost.predicted is None or cost.measured_seconds is None:
+        st.caption("Predicted training time: none (no calibration of this model and dataset)")
+        return
+    p = cost.predicted
+    predicted = p.train_seconds + p.prefix_seconds
+    ratio = cost.measured_seconds / predicted if predicted > 0 else float("nan")
+    st.caption(
+        f"Training time: predicted {_seconds(predicted)} on {p.device_kind}, measured "
+        f"{_seconds(cost.measured_seconds)} ({ratio:.2f}x the prediction); peak memory "
+        f"predicted {p.peak_mb:.0f} MB"
+    )
+
+
 def job_detail(job_id: int, polling: bool) -> None:
     """One job, refreshed live while it runs."""
     with backend_errors(f"loading job {job_id}"):
@@ -183,17 +209,30 @@ def job_detail(job_id: int, polling: bool) -> None:
             key="job-curves",
             width="stretch",
         )
-    elif job.kind != JobKind.SOUP:
+    elif job.kind in EPOCH_KINDS:
         st.caption("No epoch finished yet: curves appear after the first epoch.")
+    elif job.kind in PAGE_OF_KIND:
+        st.caption(f"{job.kind.capitalize()} jobs have no epochs; {PAGE_OF_KIND[job.kind]}.")
     with st.expander("Config", expanded=False):
         st.json(job.config)
     cache = prefix_cache_text(job.result)
     if cache:
         st.caption(f"Frozen prefix: {cache}")
+    if job.kind == JobKind.FINETUNE and job.status == JobStatus.SUCCEEDED:
+        predicted_against_measured(job_id)
+    checkpoint_button(job, key="download-checkpoint")
     if job.result:
         with st.expander("Result summary"):
             st.json(job.result)
 
+
+# Jobs that train by epochs (curves), and where the others' results are shown.
+EPOCH_KINDS = (JobKind.FINETUNE, JobKind.PRETRAIN)
+PAGE_OF_KIND = {
+    JobKind.SOUP: "its results are on the Soups page",
+    JobKind.RANK: "its per-unit scores are on the Angles page (choose its criterion)",
+    JobKind.CALIBRATE: "the New experiment page shows the cost it predicts",
+}
 
 with backend_errors(f"loading job {selected}"):
     detail_polling = _active(data.job(selected))  # job_detail's cached read

@@ -1,7 +1,8 @@
 """Soups: pick compatible ingredients (finished fine-tuning jobs of one model and dataset), a
 merge method (the catalogue's, ``/catalog/soups``, with its parameters) and shift sets; then the
-soup's trace and the soup against its best ingredient and the other soups of the same
-ingredients, in distribution and under shifts."""
+soup's lineage (a table and a graph), its per-unit mixing weights (a heatmap, for methods that
+weigh units), its trace and the soup against its best ingredient and the other soups of the
+same ingredients, in distribution and under shifts."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import streamlit as st
 from contract.vocab import JobKind, JobStatus
 from dashboard import charts, data
 from dashboard.client import get_client
+from dashboard.downloads import checkpoint_button
 from dashboard.params import param_widgets
 from dashboard.soup_view import (
     comparison_scores,
     family,
     family_label,
     incompatibility,
+    lineage_graph,
     lineage_rows,
+    mixing_matrix,
+    mixing_notes,
     same_recipe,
     trace_points,
 )
@@ -118,13 +123,22 @@ with backend_errors(f"loading the ingredients of soup {soup_job_id}"):
     made_of = {i: data.job(i) for i in ingredient_ids}
     built = data.soup(soup_job_id) if soup_job.status == JobStatus.SUCCEEDED else None
 st.caption(f"Soup #{soup_job_id}: {soup_job.config['method']} of {len(ingredient_ids)} ingredients")
-table(lineage_rows(ingredient_ids, made_of, built.trace if built else ()), key="soup-lineage")
+verdicts = built.trace if built else ()
+c1, c2 = st.columns([3, 2])
+with c1:
+    table(lineage_rows(ingredient_ids, made_of, verdicts), key="soup-lineage")
+c2.plotly_chart(
+    charts.soup_lineage_graph(lineage_graph(soup_job, made_of, verdicts)),
+    key="soup-lineage-graph",
+    width="stretch",
+)
 if soup_job.status != JobStatus.SUCCEEDED:
     st.info(
         f"Soup job {soup_job_id} is {soup_job.status}: results appear when it "
         "succeeds." + (f" Error: {soup_job.error}" if soup_job.error else "")
     )
     st.stop()
+checkpoint_button(soup_job, key="soup-download")
 with backend_errors(f"loading soup {soup_job_id}"):
     soup = built or data.soup(soup_job_id)
     ingredient_jobs = [made_of.get(i) or data.job(i) for i in soup.ingredients]
@@ -139,6 +153,14 @@ with backend_errors(f"loading soup {soup_job_id}"):
         ],
     )
 
+matrix = mixing_matrix(soup, made_of)
+if matrix:
+    st.plotly_chart(charts.mixing_heatmap(matrix), key="soup-mixing", width="stretch")
+    notes = mixing_notes(soup)
+    if notes:
+        st.caption(f"{soup.method}: {notes}")
+else:
+    st.caption(f"{soup.method} weighs no unit on its own: it has no per-unit mixing weights.")
 trace = trace_points(soup)
 if trace:
     st.plotly_chart(charts.soup_trace(trace), key="soup-trace", width="stretch")

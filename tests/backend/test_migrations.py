@@ -27,7 +27,7 @@ def test_migrated_schema_matches_models(db_url: str) -> None:
 def test_migrate_is_idempotent(db_url: str) -> None:
     migrate(db_url)
     with get_engine(db_url).connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert set(Base.metadata.tables) <= set(inspect(conn).get_table_names())
 
 

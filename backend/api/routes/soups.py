@@ -32,6 +32,7 @@ def _public(job: Job) -> SoupPublic:
         score_in=soup.score_in,
         scores_out=soup.scores_out,
         error=job.error,
+        mixing=soup.mixing or {},
     )
 
 
