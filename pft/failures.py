@@ -63,7 +63,9 @@ def _is_oom(exc: BaseException) -> bool:
 
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    # CPU: torch's allocator says "DefaultCPUAllocator: can't allocate memory"
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "allocate memory" in text)
 
 
 def _first_line(exc: BaseException) -> str:

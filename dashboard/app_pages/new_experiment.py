@@ -171,6 +171,79 @@ hparams = {k: v for k, v in hp.values.items() if k != SEED}
 shifts = st.multiselect(
     "Evaluate under shifts after training", shift_names, key="experiment-shifts"
 )
+
+
+def cost_preview(model: str, dataset: str, chosen: list[str], hparams: dict) -> None:
+    """Per chosen strategy, the predicted time and peak memory (``GET /cost``), or a button
+    that queues the calibration they need."""
+    st.subheader("Cost preview")
+    if not model or not chosen or {"epochs", "batch_size"} & set(problems):
+        st.caption("Choose a model, strategies and valid epochs and batch size to see costs.")
+        return
+    run = {k: hparams.get(k) for k in ("epochs", "batch_size", "augment", "prefix_cache")}
+    try:
+        cost = data.cost(model, dataset, **run)
+    except ApiError as exc:
+        st.info(f"No cost preview: {exc.message}")
+        return
+    if not cost.calibrated:
+        if cost.pending_job is not None:
+            pending = data.job(cost.pending_job)
+            st.info(
+                f"Calibrate job #{pending.id} of {model} on {dataset} is {pending.status}; "
+                "the predictions appear here when it has succeeded."
+            )
+            return
+        st.info(
+            f"No calibration of {model} on {dataset} yet: it measures a few training steps "
+            "on the worker's device once, then every run's cost is predicted from it."
+        )
+        if st.button(f"Calibrate {model} on the worker", key="calibrate"):
+            body = {"kind": "calibrate", "model": model, "dataset": dataset}
+            with backend_errors("the backend refused the calibration"):
+                job = get_client().create_job(body)
+            data.cost.clear()
+            st.session_state["calibrate_job"] = job.id
+            st.rerun()
+        return
+    if st.session_state.get("calibrate_job") == cost.calibration_job:
+        st.success(f"Calibrate job #{cost.calibration_job} has finished.")
+    by_name = {p.strategy: p for p in cost.strategies}
+    rows = [
+        {
+            "strategy": name,
+            "predicted time": _duration(by_name[name].seconds),
+            "peak memory (MB)": round(by_name[name].peak_mb, 1),
+            "prefix cached": "yes" if by_name[name].prefix_cached else "no",
+            "note": "units ranked at launch: a guess" if by_name[name].provisional else "",
+        }
+        for name in chosen
+        if name in by_name
+    ]
+    table(rows, key="cost-preview", hide_index=True)
+    missing = [n for n in chosen if n not in by_name]
+    st.caption(
+        f"Per job, on {cost.device_kind} (calibrate job #{cost.calibration_job}): "
+        f"{cost.epochs} epochs of {cost.train_images:,} images, batch {cost.batch_size}, "
+        f"evaluation of {cost.eval_images:,} images per epoch included."
+        + (
+            f" No prediction for {', '.join(missing)} (their units are chosen at launch)."
+            if missing
+            else ""
+        )
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+cost_preview(model, dataset, chosen, hparams)
+
 default_name = f"{model} on {dataset}"
 name = st.text_input("Experiment name", key="experiment-name", placeholder=default_name).strip()
 
