@@ -3,18 +3,34 @@
 Pages live in ``dashboard/app_pages/`` and only render; data comes from the backend over HTTP
 (``dashboard.client``), figures from ``dashboard.charts``. The default page is served at ``/``,
 the others at ``/jobs``, ``/results``, ``/angles`` and ``/soups``.
+
+Served through ``dashboard/server.py``, the door (`dashboard.door`) checks Host and Origin, asks
+for the login and forbids framing before this script runs. A server that should ask for a login
+but was started on this file directly (no door in front) renders nothing but that advice.
 """
 
 from __future__ import annotations
 
 import streamlit as st
+from streamlit import config as st_config
 
-from dashboard import data
+from dashboard import data, door
 from dashboard.client import ApiError
 from dashboard.config import get_settings
 from dashboard.ui import init_state
 
 st.set_page_config(page_title="pft-lab", page_icon=":material/science:", layout="wide")
+_served = getattr(st_config, "_server_mode", None) is not None  # not under AppTest
+if (
+    _served
+    and not door.active()
+    and get_settings().door_policy(st.get_option("server.address")).login
+):
+    st.error(
+        "This dashboard is reachable from other machines but was started without its login: "
+        "start it with `streamlit run dashboard/server.py` (as `pft up` and compose do)."
+    )
+    st.stop()
 init_state()
 
 pages = [

@@ -148,7 +148,7 @@ class Lab:
         self._check_running("worker")
         self._say(
             f"pft-lab is up.\n"
-            f"  dashboard:  {cfg.dashboard_url}\n"
+            f"  dashboard:  {cfg.dashboard_url}{_login_note(cfg, layout)}\n"
             f"  API:        {cfg.lab_api_url}  (token in {layout.api_token})\n"
             f"  logs:       {layout.logs}\n"
             f"Press Ctrl-C to stop."
@@ -368,7 +368,9 @@ def _dashboard_command(cfg: LauncherSettings) -> list[str]:
     import dashboard
 
     # __path__, not __file__: an editable install may present the package as a namespace one.
-    app = Path(next(iter(dashboard.__path__))) / "app.py"
+    # server.py, not app.py: it serves the app behind its door (Host/Origin checks, the login
+    # when bound to anything but loopback, no framing), `dashboard.door`.
+    app = Path(next(iter(dashboard.__path__))) / "server.py"
     streamlit = Path(sys.executable).with_name("streamlit")
     head = [str(streamlit)] if streamlit.exists() else [sys.executable, "-m", "streamlit"]
     return [
@@ -388,6 +390,20 @@ def _dashboard_command(cfg: LauncherSettings) -> list[str]:
         "--client.toolbarMode",
         "minimal",  # no "Deploy" button: this lab is already deployed
     ]
+
+
+def _login_note(cfg: LauncherSettings, layout: DataLayout) -> str:
+    """How to log in, where the dashboard asks (bound to anything but loopback, or forced)."""
+    from pydantic import ValidationError
+
+    from dashboard.config import DashboardSettings
+
+    try:
+        if not DashboardSettings().door_policy(cfg.lab_host).login:
+            return ""
+    except ValidationError:  # the dashboard's own log says what is wrong
+        return ""
+    return f"  (log in with the API token in {layout.api_token})"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
