@@ -17,6 +17,7 @@ A worker's life with a job::
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,9 +34,12 @@ from contract.api import (
     EpochRecord,
     FinishReport,
     MetricPublic,
+    ReleaseReport,
     SoupOutcome,
 )
 from contract.vocab import FINAL_EPOCH, TERMINAL_STATUSES, JobStatus
+
+log = logging.getLogger(__name__)
 
 # Metrics with a column of their own (those `MetricPublic` shows); any other key goes to extra.
 METRIC_FIELDS = tuple(f for f in MetricPublic.model_fields if f not in ("epoch", "extra"))
@@ -165,6 +169,31 @@ def finish_job(session: Session, *, job_id: int, claim: str, report: FinishRepor
     return True
 
 
+def release_job(session: Session, *, job_id: int, claim: str, report: ReleaseReport) -> bool:
+    """Gives a running job back to the queue, if ``claim`` owns it: a worker that is stopping
+    (SIGTERM, Ctrl-C of the launcher) saved its state mid-epoch and will not go on. The claim
+    is cleared (its later reports are refused), the attempt is given back (it ran into no
+    fault), and the attempt's epochs are recorded, in one transaction. False when ``claim`` no
+    longer owns the job; the caller then enqueues it.
+    """
+    values: dict[str, Any] = {
+        "status": JobStatus.QUEUED,
+        "claim": None,
+        "worker": None,
+        "enqueued_at": None,
+        "attempts": Job.attempts - 1,
+        "heartbeat_at": utcnow(),
+    }
+    if session.execute(update(Job).where(*_owned(job_id, claim)).values(**values)).rowcount != 1:
+        session.rollback()
+        return False
+    for record in report.epochs:
+        _put_epoch(session, job_id, record)
+    session.commit()
+    log.info("job %s released by its worker (%s); queued again", job_id, report.reason)
+    return True
+
+
 def _finished_by(session: Session, job_id: int, claim: str) -> bool:
     row = session.execute(select(Job.status, Job.claim).where(Job.id == job_id)).first()
     session.commit()
@@ -247,6 +276,9 @@ def _put_soup(session: Session, job_id: int, soup: SoupOutcome) -> None:
         update(Soup)
         .where(Soup.job_id == job_id)
         .values(
-            trace=_json_value(soup.trace), score_in=soup.score_in, scores_out=dict(soup.scores_out)
+            trace=_json_value(soup.trace),
+            score_in=soup.score_in,
+            scores_out=dict(soup.scores_out),
+            mixing=_json_value(soup.mixing),
         )
     )

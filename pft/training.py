@@ -46,12 +46,13 @@ from pft.run_state import RunState, clear_state, load_state, save_state
 from pft.strategies import Selection, resolve_strategy
 from pft.units import UnitMap
 
-CANCEL_EVERY = 5  # steps between should_cancel() polls
+CANCEL_EVERY = 5  # steps between should_cancel() / checkpoint_due() polls
 NO_DECAY = ("pos_embed", "cls_token", "reg_token", "dist_token")
 
 
 class Cancelled(Exception):
-    """Raised when ``callbacks.should_cancel()`` returned true; the run's state was saved."""
+    """Raised when ``callbacks.should_cancel()`` returned true; the run's state was saved
+    (mid-epoch: the next run of the same spec resumes at the step it stopped at)."""
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TrainedRun:
     angles: list[dict[str, Any]]  # final angle rows, units and tensors (`angle_rows`)
     trajectory: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # unit rows
     resumed_from_epoch: int = 0  # epochs a previous attempt had completed (0: a fresh run)
+    resumed_from_step: int = 0  # training steps it had completed (mid-epoch checkpoints too)
 
 
 @dataclass
@@ -244,8 +246,12 @@ def train(
     finished run (``metrics.json`` of the same spec) is returned without training.
     ``train_limit`` keeps only the first N images of each split (smoke runs and tests).
     Callbacks (all optional): ``on_progress(info)``, ``on_epoch(epoch, metrics, rows)`` with
-    the epoch's angle rows (units and tensors), called once the epoch's state is saved, and
-    ``should_cancel()`` (True raises `Cancelled` after saving the state).
+    the epoch's angle rows (units and tensors), called once the epoch's state is saved,
+    ``should_cancel()`` (True raises `Cancelled` after saving the state, mid-epoch), and
+    ``checkpoint_due()`` (True saves a mid-epoch state, then calls ``on_checkpoint(epoch,
+    step)``); both are polled every `CANCEL_EVERY` steps. A run resumed from any of these
+    states ends bit-identical to an uninterrupted one: every random draw is seeded per step,
+    and the epoch's running loss is kept as the float32 sum it is on the device.
     """
     out_dir = Path(out_dir)
     done = out_dir / "metrics.json"
@@ -265,7 +271,7 @@ def train(
     opt = _optimizer(s)
     total = h.epochs * math.ceil(len(s.data.train) / h.batch_size)
     st = load_state(out_dir / "state", cfg.to_dict(), model, opt, s.device) or RunState()
-    resumed = st.epoch
+    resumed = (st.epoch, st.global_step)
     compile_ = h.compile and s.device.type == "cuda"
     plan, reason = plan_for(model, h)
     cache = None
@@ -319,12 +325,20 @@ def _epochs(
     for epoch in range(st.epoch, h.epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(h.seed, epoch)))
         t_epoch = time.perf_counter()
-        loss_acc = torch.zeros((), device=s.device)  # this epoch's summed train loss
-        for step in range(st.step_in_epoch, steps_per_epoch):
-            if step % CANCEL_EVERY == 0 and _call(callbacks, "should_cancel"):
-                st.loss_sum += float(loss_acc)
-                save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
-                raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step}")
+        # This epoch's summed train loss, in float32 on the device (no per-step host sync); a
+        # mid-epoch state holds its exact value, so a resumed epoch sums the same numbers.
+        loss_acc = torch.tensor(st.loss_sum, dtype=torch.float32, device=s.device)
+        first = st.step_in_epoch
+        for step in range(first, steps_per_epoch):
+            if step % CANCEL_EVERY == 0:
+                if _call(callbacks, "should_cancel"):
+                    st.loss_sum = float(loss_acc)
+                    save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
+                    raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step}")
+                if step > first and _call(callbacks, "checkpoint_due"):
+                    st.loss_sum = float(loss_acc)
+                    save_state(out_dir / "state", st, cfg.to_dict(), model, tuned, opt)
+                    _call(callbacks, "on_checkpoint", epoch + 1, step)
             idx = order[step * h.batch_size : (step + 1) * h.batch_size]
             if cache is not None:
                 x = cache.rows("train", idx)
@@ -370,7 +384,7 @@ def _epochs(
                 t_window, n_window = now, 0
         st.train_seconds += time.perf_counter() - t_epoch
         st.train_images += n
-        st.loss_sum += float(loss_acc)
+        st.loss_sum = float(loss_acc)
         metrics = {"epoch": epoch + 1, "train_loss": st.loss_sum / max(1, st.seen)}
         for name in ("heldout", "test"):
             split = s.data.split(name)
@@ -413,7 +427,11 @@ def _finished(out_dir: Path, summary: dict[str, Any]) -> TrainedRun:
 
 
 def _finish(
-    s: _Setup, out_dir: Path, st: RunState, pre: dict[str, torch.Tensor], resumed: int
+    s: _Setup,
+    out_dir: Path,
+    st: RunState,
+    pre: dict[str, torch.Tensor],
+    resumed: tuple[int, int],
 ) -> TrainedRun:
     cfg, model = s.cfg, s.model
     shifts = evaluate_shifts(model, s.data.test, s.data_config, s.device, cfg.shifts)
@@ -464,7 +482,8 @@ def _finish(
         summary=summary,
         angles=report.rows(s.unit_map),
         trajectory=_trajectory(st.trajectory, s.unit_map),
-        resumed_from_epoch=resumed,
+        resumed_from_epoch=resumed[0],
+        resumed_from_step=resumed[1],
     )
 
 

@@ -87,5 +87,9 @@ class WorkerApi(httpx.Client):
         """Idempotent on the API's side, so a retry after a lost answer is safe."""
         self._call("POST", f"/jobs/{job_id}/finish", report, retry_s)
 
+    def release(self, job_id: int, report: api.ReleaseReport, *, retry_s: float = 0) -> None:
+        """Gives the job back to the queue (this worker is stopping)."""
+        self._call("POST", f"/jobs/{job_id}/release", report, retry_s)
+
     def shape_table(self, report: api.ShapeTableReport) -> None:
         self._call("PUT", "/shape-tables", report)

@@ -2,7 +2,11 @@
 
 The API refuses the claim of a job that is finished or running elsewhere with a fresh heartbeat,
 so a duplicate delivery never runs a job twice; a job taken over from a dead worker resumes from
-its last checkpoint (``<store>/jobs/<id>/``). A failure ends the job, never the worker.
+its last checkpoint. Each attempt works in its own folder (``<store>/jobs/<id>/attempt-<n>/``,
+`pft.store`), so a worker that lost its claim overwrites nothing. A failure ends the job, never
+the worker.
+On SIGTERM the job's state is saved mid-epoch and the job given back to the queue (``release``);
+``PFT_CHECKPOINT_EVERY_S`` bounds what a kill -9 loses.
 """
 
 from __future__ import annotations
@@ -11,23 +15,26 @@ import logging
 import os
 import socket
 from dataclasses import asdict
-from pathlib import Path
-
-import torch
 
 from contract import api
 from contract.vocab import JobStatus
 from pft.errors import PftError
+from pft.jobs.devices import require_device, resolve_device, set_torch_threads
 from pft.jobs.runner import describe_failure, run
 from pft.jobs.specs import FinetuneSpec, spec_from_dict
+from pft.jobs.stopping import stop_on_signal
 from pft.model_catalog import get_spec, shape_key, shape_table
-from pft.store import ArtifactStore, sha256_file
+from pft.store import ArtifactStore
 from pft.training import Cancelled
 from worker.api_client import ApiUnreachable, ClaimLost, WorkerApi, WorkerRefused
 from worker.config import WorkerSettings, get_settings
 from worker.reporter import JobLost, Reporter
 
 log = logging.getLogger(__name__)
+
+# How long a stopping worker tries to give its job back; past it the job's heartbeat goes stale
+# and the API's reconciler re-queues it (the saved state is in the store either way).
+RELEASE_RETRY_S = 5.0
 
 
 def run_job(
@@ -36,22 +43,27 @@ def run_job(
     """Runs job ``job_id`` if the API hands it to this worker; the outcome: succeeded, failed,
     cancelled, skipped (not ours) or lost (another worker owns it, or the API took no end)."""
     settings = settings or get_settings()
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, _pool_index())
     worker = worker or f"{socket.gethostname()}:{os.getpid()} ({device})"
     with WorkerApi(settings) as client:
         try:
             if (claim := client.claim(job_id, worker, retry_s=settings.report_retry_s)) is None:
                 return "skipped"
-            # Torch's threads: the CPUs this process may run on (a job gains little past 32).
-            threads = settings.torch_threads or min(len(os.sched_getaffinity(0)), 32)
-            torch.set_num_threads(threads)
+            threads = set_torch_threads(settings.torch_threads)
             log.info(
                 "job %s (%s) claimed by %s, attempt %s, %s torch threads",
                 *(job_id, claim.kind, worker, claim.attempt, threads),
             )
-            if (end := _attempt(client, claim, settings, device)) is None:
+            store = ArtifactStore(settings.resolved_artifact_url, settings.layout.artifact_cache)
+            if (end := _attempt(client, claim, settings, device, store)) is None:
                 return "lost"
+            if isinstance(end, api.ReleaseReport):
+                client.release(job_id, end, retry_s=min(settings.report_retry_s, RELEASE_RETRY_S))
+                log.info("job %s given back to the queue: %s", job_id, end.reason)
+                return "released"
             client.finish(job_id, end, retry_s=settings.report_retry_s)
+            if end.status == JobStatus.SUCCEEDED:  # the API took it: other attempts are moot
+                store.prune(job_id, keep=[a.location for a in end.artifacts])
         except (ClaimLost, ApiUnreachable) as exc:
             log.warning("job %s: the API did not take the report: %s", job_id, exc)
             return "lost"
@@ -63,25 +75,28 @@ def run_job(
 
 
 def _attempt(
-    client: WorkerApi, claim: api.Claim, settings: WorkerSettings, device: str
-) -> api.FinishReport | None:
-    """Runs the claimed spec; the end to report, or None once another worker owns the job."""
-    store = ArtifactStore(settings.resolved_artifact_url, cache_dir=settings.layout.artifact_cache)
-    job_id, spec = claim.job_id, None
+    client: WorkerApi, claim: api.Claim, settings: WorkerSettings, device: str, store: ArtifactStore
+) -> api.FinishReport | api.ReleaseReport | None:
+    """Runs the claimed spec in an attempt folder of its own; the end to report, the job to give
+    back (this worker is stopping), or None once another worker owns the job."""
+    job_id, spec, n = claim.job_id, None, 0
     info = {"device": device, "attempt": claim.attempt}
-    with Reporter(client, claim, settings.heartbeat_interval_s, info) as reporter:
-        reporter.after_epoch = lambda _epoch: store.push(job_id)  # to a remote store at once
+    reporter = Reporter(
+        client, claim, settings.heartbeat_interval_s, info, settings.checkpoint_every_s
+    )
+    with reporter, stop_on_signal(reporter.stopping.set):
+        reporter.after_save = lambda: store.push(job_id, n)  # to a remote store at once
         try:
-            if device.startswith("cuda") and not torch.cuda.is_available():
-                raise PftError(
-                    f"PFT_DEVICE={device} but CUDA is not available on {socket.gethostname()}; "
-                    "fix the worker's PFT_DEVICE and retry the job"
-                )
+            n = store.new_attempt(job_id)  # this claim's own folder in the store (pft.store)
+            require_device(device)
             spec = spec_from_dict(claim.kind, claim.spec)
-            inputs = _fetch_inputs(store, claim)
-            result = run(spec, store.pull(job_id), reporter, device=device, inputs=inputs)
+            inputs = {  # a soup's ingredients, checked against their recorded sha256
+                int(i): store.fetch_verified(r.location, r.sha256, f"checkpoint of job {i}")
+                for i, r in claim.inputs.items()
+            }
+            result = run(spec, store.pull(job_id, n), reporter, device=device, inputs=inputs)
             reporter.check_owned()
-            store.push(job_id)
+            store.push(job_id, n)
             if isinstance(spec, FinetuneSpec):
                 _share_shape_table(client, spec)
             return api.FinishReport(
@@ -89,46 +104,35 @@ def _attempt(
                 status=JobStatus.SUCCEEDED,
                 result=result.summary,
                 epochs=[  # the whole run's: also epochs whose report a crash lost
-                    api.EpochRecord(epoch=e, metrics=m, angles=result.trajectory.get(e, []))
+                    api.EpochRecord(
+                        epoch=m["epoch"], metrics=m, angles=result.trajectory.get(m["epoch"], [])
+                    )
                     for m in result.epochs
-                    for e in [m["epoch"]]
                 ],
                 angles=result.angles,
                 artifacts=[
-                    api.ArtifactReport(kind=kind, **asdict(store.describe(job_id, rel)))
+                    api.ArtifactReport(kind=kind, **asdict(store.describe(job_id, rel, n)))
                     for kind, rel in result.artifacts.items()
                 ],
                 soup=result.soup,
             )
         except JobLost:
             return None
-        except Cancelled:
-            store.push(job_id)  # the saved state: a retry resumes from it
-            status, error = JobStatus.CANCELLED, None
+        except Cancelled as exc:
+            store.push(job_id, n)  # the saved state: a retry resumes from it
+            stopped = reporter.stopping.is_set() and not reporter.cancelled.is_set()
+            status = JobStatus.QUEUED if stopped else JobStatus.CANCELLED  # queued: given back
+            error = f"worker stopped (SIGTERM); state saved: {exc}" if stopped else None
         except Exception as exc:  # every failure ends the job, never the worker
             if not isinstance(exc, PftError):
                 log.exception("job %s failed", job_id)
             status, error = JobStatus.FAILED, describe_failure(exc, spec, device)
     epochs = [reporter.epochs[e] for e in sorted(reporter.epochs)]
-    end = api.FinishReport(claim=claim.claim, status=status, error=error, epochs=epochs)
+    if status == JobStatus.QUEUED:
+        end = api.ReleaseReport(claim=claim.claim, reason=error, epochs=epochs)
+    else:
+        end = api.FinishReport(claim=claim.claim, status=status, error=error, epochs=epochs)
     return None if reporter.lost.is_set() else end
-
-
-def _fetch_inputs(store: ArtifactStore, claim: api.Claim) -> dict[int, Path]:
-    """A soup's ingredient checkpoints, local and checked against their recorded sha256."""
-    paths: dict[int, Path] = {}
-    for job_id, ref in claim.inputs.items():
-        try:
-            paths[int(job_id)] = store.fetch(ref.location)
-            digest = sha256_file(paths[int(job_id)])
-        except (OSError, ValueError) as exc:
-            raise PftError(f"checkpoint of job {job_id} cannot be read: {exc}") from None
-        if digest != ref.sha256:
-            raise PftError(
-                f"corrupt checkpoint of job {job_id} ({ref.location}): its sha256 does not "
-                "match the one recorded when it was written; fine-tune it again"
-            )
-    return paths
 
 
 def _share_shape_table(client: WorkerApi, spec: FinetuneSpec) -> None:
@@ -142,11 +146,8 @@ def _share_shape_table(client: WorkerApi, spec: FinetuneSpec) -> None:
         log.exception("could not share the shape table of %s", spec.model)
 
 
-def resolve_device(setting: str | None) -> str:
-    """``PFT_DEVICE`` made concrete; plain ``cuda`` spreads a pool's processes over the GPUs."""
-    if (setting or "cuda") == "cuda" and torch.cuda.is_available():
-        from billiard.process import current_process
+def _pool_index() -> int:
+    """This pool process's index (0, 1, ...): which GPU plain ``PFT_DEVICE=cuda`` uses."""
+    from billiard.process import current_process
 
-        index = int(getattr(current_process(), "index", 0) or 0)
-        return f"cuda:{index % torch.cuda.device_count()}"
-    return setting or "cpu"
+    return int(getattr(current_process(), "index", 0) or 0)

@@ -4,6 +4,10 @@ The engine's thread never waits on the network: callbacks only record, and a dae
 every heartbeat interval (at once after an epoch) the buffered epochs in order, then a heartbeat
 with the latest progress (its reply carries the cancel flag). While the API is away the reports
 wait and the job runs on; after a 409 nothing more is sent and the next callback raises JobLost.
+
+Mid-epoch checkpoints every ``checkpoint_every_s`` (`pft.jobs.stopping.CheckpointTimer`); once
+``stopping`` is set (SIGTERM), ``should_cancel()`` is true: the engine saves and stops, and the
+attempt gives the job back instead of ending it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import httpx
 
 from contract import api
+from pft.jobs.stopping import CheckpointTimer
 from worker.api_client import ApiUnreachable, ClaimLost, WorkerApi
 
 log = logging.getLogger(__name__)
@@ -29,15 +34,23 @@ class Reporter:
     """The callbacks of one attempt; a context manager around the sending thread."""
 
     def __init__(
-        self, client: WorkerApi, claim: api.Claim, interval_s: float, info: dict[str, Any]
+        self,
+        client: WorkerApi,
+        claim: api.Claim,
+        interval_s: float,
+        info: dict[str, Any],
+        checkpoint_every_s: float = 0.0,
     ) -> None:
         self.client, self.claim, self.interval_s = client, claim, interval_s
-        self.after_epoch = lambda epoch: None  # e.g. push its checkpoint to a remote store
+        self.after_save = lambda: None  # after each checkpoint, e.g. push it to a remote store
+        self.timer = CheckpointTimer(checkpoint_every_s)  # mid-epoch saves (0: none)
+        self.stopping = threading.Event()  # the worker is stopping: save and give the job back
         self.epochs: dict[int, api.EpochRecord] = {}  # this attempt's; the finish resends them
         self._pending: deque[api.EpochRecord] = deque()
         self._progress: float | None = None
         self._info = info
-        self._cancel, self.lost = threading.Event(), threading.Event()
+        self.cancelled, self.lost = threading.Event(), threading.Event()  # a user's cancel
+        self.checkpoint_due = self.timer.due
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="pft-reporter")
 
@@ -73,7 +86,7 @@ class Reporter:
             self._pending.popleft()
         beat = api.HeartbeatReport(claim=claim, progress=self._progress, info=self._info)
         if self.client.heartbeat(job_id, beat).cancel_requested:
-            self._cancel.set()
+            self.cancelled.set()
 
     # -- the runner's callbacks ------------------------------------------------------------
     def on_progress(self, info: dict[str, Any]) -> None:
@@ -86,12 +99,18 @@ class Reporter:
         self.epochs[epoch] = api.EpochRecord(epoch=epoch, metrics=metrics, angles=angles)
         self._pending.append(self.epochs[epoch])
         self._info = self._info | {"epoch": epoch, "epochs_done": epoch}
-        self.after_epoch(epoch)
+        self.after_save()
+        self.timer.saved()
         self._wake.set()
 
     def should_cancel(self) -> bool:
         self.check_owned()
-        return self._cancel.is_set()
+        return self.cancelled.is_set() or self.stopping.is_set()
+
+    def on_checkpoint(self, epoch: int, step: int) -> None:
+        self.check_owned()
+        self.timer.saved()
+        self.after_save()
 
     def check_owned(self) -> None:
         if self.lost.is_set():

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from pft.base_model import build_pretrained
 from pft.checkpoint import build_model_from_delta, load_delta
-from pft.engine import Cancelled, finetune
+from pft.engine import Cancelled, finetune, train
 from pft.errors import PftError
 from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.model_catalog import TEST_MODEL, unit_map_for
@@ -149,6 +149,18 @@ def test_cancel_then_resume_matches_uninterrupted(tmp_path):
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "resumed" / "state").exists()
+    # bit-identical, not close: the epoch's loss too (kept as its exact float32 running sum),
+    # and the delta files byte for byte
+    straight, resumed = (
+        json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("straight", "resumed")
+    )
+    assert [e["train_loss"] for e in resumed["epochs"]] == [
+        e["train_loss"] for e in straight["epochs"]
+    ]
+    delta = "delta.safetensors"
+    assert (tmp_path / "straight" / delta).read_bytes() == (
+        tmp_path / "resumed" / delta
+    ).read_bytes()
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -186,6 +198,54 @@ def test_resume_after_kill_gives_the_same_final_weights(tmp_path):
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [e["test_acc"] for e in resumed["epochs"]] == [e["test_acc"] for e in straight["epochs"]]
+
+
+KILL_MID_EPOCH_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from pft.jobs.specs import FinetuneSpec, Hparams
+    from pft.engine import finetune
+
+    class KillAfterAMidEpochCheckpoint:
+        polls = 0
+
+        def checkpoint_due(self):  # as a worker's timer would: every third poll
+            self.polls += 1
+            return self.polls % 3 == 0
+
+        def on_checkpoint(self, epoch, step):
+            if epoch == 2:  # a hard kill right after a mid-epoch checkpoint of epoch 2
+                print(epoch, step, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = FinetuneSpec.from_dict({cfg!r})
+    finetune(cfg, sys.argv[1], callbacks=KillAfterAMidEpochCheckpoint())
+""")
+
+
+def test_a_kill_after_a_mid_epoch_checkpoint_resumes_there_bit_identical(tmp_path):
+    h = Hparams(epochs=3, lr=3e-3, batch_size=16, seed=4)
+    c = cfg("ffn_only", h)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_MID_EPOCH_SCRIPT.format(cfg=c.to_dict()), str(tmp_path / "k")],
+        env=dict(os.environ),
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9, proc.stderr
+    epoch, step = map(int, proc.stdout.split())
+    state = json.loads((tmp_path / "k" / "state" / "state.json").read_text())["run"]
+    assert (state["epoch"], state["step_in_epoch"]) == (1, step) and step > 0
+    resumed = train(c, tmp_path / "k")
+    straight = train(c, tmp_path / "straight")
+    # it went on from the checkpoint's step (mid-epoch), not from the start of epoch 2
+    assert (resumed.resumed_from_epoch, resumed.resumed_from_step) == (1, state["global_step"])
+    keys = ("train_loss", "heldout_acc", "test_acc", "heldout_loss", "test_loss")
+    assert [[e[k] for k in keys] for e in resumed.summary["epochs"]] == [
+        [e[k] for k in keys] for e in straight.summary["epochs"]
+    ]
+    delta = "delta.safetensors"
+    assert (tmp_path / "k" / delta).read_bytes() == (tmp_path / "straight" / delta).read_bytes()
 
 
 def test_seeds_make_runs_repeatable_and_different(tmp_path):

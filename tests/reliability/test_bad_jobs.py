@@ -102,8 +102,8 @@ def test_checkpoint_to_a_full_or_read_only_store_fails_the_job_and_keeps_the_las
 ):
     worker = lab.start_worker(env={"PFT_ARTIFACT_URL": str(small_store)})
     job_id = lab.create_job(hparams={"epochs": 8, "batch_size": 4})
-    state = small_store / "jobs" / str(job_id) / "state"
     wait_for(lambda: _epochs_done(lab, job_id) >= 1, 60, "the first epoch checkpoint", poll=0.05)
+    state = lab.run_dir(job_id, small_store) / "state"  # the attempt's folder in the store
     if fault == "disk_full":
         filler = fill(small_store)
         reason = "No space left on device"

@@ -11,16 +11,20 @@ its job can write nothing more (issue 12's acceptance).
   stamps are the API's, never the worker's.
 * Reports under a claim the API has given away are refused (409) and change nothing, whether
   sent by a stopped-then-resumed worker or by hand.
+* A worker stopped in its final phase (outputs written, finish half sent) and woken after the
+  job was taken over and finished writes nothing that lands: each attempt has its own folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +236,41 @@ def test_the_api_is_the_only_writer_workers_hold_no_database_url(lab: Lab):
         assert r.status_code == 401, r.text
     with lab.api.client(lab.api.worker_token) as c:  # nor the workers' a user route
         assert c.post("/jobs", json={}).status_code == 401
+
+
+def test_a_worker_stopped_in_its_final_phase_then_woken_overwrites_nothing(lab: Lab):
+    """SIGSTOPped while it sends its finish (its outputs written, the report half sent), taken
+    over past the staleness window, then SIGCONTed after the new owner finished: nothing the old
+    worker writes lands, in the database or the store; every recorded sha256 matches its file."""
+    first: list[WorkerProcess] = []
+    stall = lambda: first[0].kill_group(signal.SIGSTOP)  # noqa: E731
+    with relay_that_stalls(lab.api.port, b"/finish", stall) as relay:
+        stopped = lab.start_worker("stopped", env={"PFT_API_URL": f"http://127.0.0.1:{relay}"})
+        first.append(stopped)
+        victim = lab.create_job(hparams={"epochs": 2, "batch_size": 16})
+        wait_for(lambda: _stopped(stopped), 120, "the worker to stop inside its finish")
+        old_folder = lab.run_dir(victim)
+        assert (old_folder / "delta.safetensors").is_file()  # its outputs were written
+
+        other = lab.start_worker("other")
+        job = lab.wait_status(victim, FINAL, REQUEUE_DEADLINE_S + 120)
+        assert job.status == JobStatus.SUCCEEDED and job.attempts == 2, (job.status, job.error)
+        assert job.worker.split(" ")[0] in other.log()
+        recorded = lab.artifacts(victim)
+        new_folder = lab.run_dir(victim)
+        assert new_folder != old_folder  # the new owner worked in its own attempt's folder
+        before = {p: p.read_bytes() for p in new_folder.rglob("*") if p.is_file()}
+        rows = [m.model_dump() for m in lab.metrics(victim)]
+
+        stopped.kill_group(signal.SIGCONT)
+        wait_for(lambda: "'lost'" in stopped.log(), 90, "the woken worker's task to end as lost")
+    job = lab.job(victim)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2
+    assert lab.artifacts(victim) == recorded
+    assert [m.model_dump() for m in lab.metrics(victim)] == rows
+    assert {p: p.read_bytes() for p in new_folder.rglob("*") if p.is_file()} == before
+    for kind, artifact in recorded.items():
+        path = Path(artifact.location)
+        assert path.is_relative_to(new_folder), (kind, path)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact.sha256, kind
+    assert stopped.alive() and other.alive()

@@ -2,7 +2,7 @@
 
 A `Lab` is a temporary data folder with the API running under uvicorn in a subprocess (its
 SQLite database, its reconciler thread, a users' and a workers' token) and workers started with
-the same command line as ``pft worker`` (`worker.launch.worker_argv`), each in its own process
+the same command line as ``pft worker`` (`lab.worker_command.worker_argv`), each in its own process
 group so that a test can SIGKILL or SIGSTOP the whole group. Workers get the API's URL and the
 worker token, never a database URL: everything they write goes through the worker routes.
 
@@ -38,8 +38,9 @@ from backend.db.session import session_scope
 from backend.enqueue import enqueue_job
 from contract.api import AnglesPublic, ArtifactPublic, JobPublic, MetricPublic
 from contract.vocab import API_PREFIX, TERMINAL_STATUSES, JobKind
+from lab.worker_command import worker_argv
 from pft.jobs.specs import FinetuneSpec, Hparams
-from worker.launch import worker_argv
+from pft.store import ArtifactStore
 
 SYSTEM_REDIS = "redis://127.0.0.1:6379/12"
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +227,11 @@ class Lab:
         rows = [ArtifactPublic.model_validate(a) for a in self.get(f"/jobs/{job_id}/artifacts")]
         return {a.kind: a for a in rows}
 
+    def run_dir(self, job_id: int, store: Path | None = None) -> Path:
+        """The job's latest attempt folder in the (default: the lab's local) artifact store."""
+        found = ArtifactStore(str(store or self.data / "artifacts")).latest_dir(job_id)
+        return found if found is not None else Path("/nonexistent")
+
     def post(self, path: str) -> JobPublic:
         with self.api.client() as c:
             r = c.post(path)
@@ -353,12 +359,14 @@ def make_lab(
     *,
     max_attempts: int = 3,
     reconcile_interval_s: float = 0.5,
+    database_url: str | None = None,
 ) -> Iterator[Lab]:
-    """A lab in ``tmp_path`` on ``broker_url`` with its API running; stops its workers and
-    the API and empties its queue afterwards."""
+    """A lab in ``tmp_path`` on ``broker_url`` with its API running (on ``database_url``, by
+    default a SQLite file in its data folder); stops its workers and the API and empties its
+    queue afterwards."""
     queue = f"pft-test-{uuid.uuid4().hex[:10]}"
     data = tmp_path / "data"
-    db_url = f"sqlite:///{data / 'lab.db'}"
+    db_url = database_url or f"sqlite:///{data / 'lab.db'}"
     shared = {
         **_clean_env(),
         "PFT_DATA_DIR": str(data),

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from contract.vocab import TASK_NAME
+from lab.worker_command import worker_argv
 from worker.config import WorkerSettings
-from worker.launch import worker_argv
 
 
 def test_celery_app_is_configured_for_long_jobs_with_early_ack_and_no_prefetch():

@@ -79,7 +79,7 @@ def test_cancel_a_running_job_while_the_next_one_waits_in_redis(lab: Lab):
     assert job.status == JobStatus.CANCELLED, job.error
     assert job.progress < 1.0 and job.error is None
     # The engine saved its state, so a retry resumes instead of starting over.
-    assert (lab.data / "artifacts" / "jobs" / str(long_job) / "state").is_dir()
+    assert (lab.run_dir(long_job) / "state").is_dir()
 
     assert lab.wait_status(next_job, FINAL, 90).status == JobStatus.SUCCEEDED
     cancelled = lab.job(never)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, status
 from sqlalchemy.orm import Session
 
 from backend import claims, crud
 from backend.api.deps import IdPath, SessionDep, SettingsDep
 from backend.db.models import Job
+from backend.enqueue import enqueue_jobs
 from backend.submit import InvalidRequest
 from contract.api import (
     ArtifactRef,
@@ -27,6 +28,7 @@ from contract.api import (
     FinishReport,
     HeartbeatReply,
     HeartbeatReport,
+    ReleaseReport,
     ShapeTableReport,
 )
 from contract.vocab import TERMINAL_STATUSES, WORKER_ROUTES, JobKind
@@ -126,6 +128,21 @@ def finish(job_id: IdPath, report: FinishReport, session: SessionDep) -> None:
         raise InvalidRequest(("body", "status"), f"a finish needs one of {accepted}")
     if not claims.finish_job(session, job_id=job_id, claim=report.claim, report=report):
         raise _lost(session, job_id, report.claim)
+
+
+@router.post("/jobs/{job_id}/release", status_code=status.HTTP_204_NO_CONTENT, responses=_LOST)
+def release(
+    job_id: IdPath,
+    report: ReleaseReport,
+    session: SessionDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> None:
+    """Gives the job back to the queue: the worker is stopping and saved the job's state (a
+    mid-epoch checkpoint), so the next worker resumes there. The attempt does not count."""
+    if not claims.release_job(session, job_id=job_id, claim=report.claim, report=report):
+        raise _lost(session, job_id, report.claim)
+    background.add_task(enqueue_jobs, [job_id], settings=settings)
 
 
 @router.put("/shape-tables", status_code=status.HTTP_204_NO_CONTENT)
