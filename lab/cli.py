@@ -27,7 +27,7 @@ def worker(
     concurrency: int = typer.Option(1, help="worker processes (one per device)"),
 ) -> None:
     """Run a Celery worker that executes queued jobs."""
-    from worker.launch import run_worker
+    from lab.worker_command import run_worker
 
     run_worker(concurrency=concurrency)
 
@@ -38,6 +38,36 @@ def up() -> None:
     from lab.launcher import up as launch
 
     launch()
+
+
+@app.command()
+def backup(
+    dest: str = typer.Argument(..., help="file (or folder) to write the copy to"),
+    force: bool = typer.Option(False, "--force", help="replace DEST if it exists"),
+) -> None:
+    """Copy the lab's SQLite database consistently (also while the lab runs), then verify it;
+    for PostgreSQL, print the pg_dump command to use instead."""
+    from pathlib import Path
+
+    from backend.backup import BackupError, backup_sqlite, pg_dump_command, sqlite_path
+    from backend.core.config import ApiSettings
+
+    url = ApiSettings().db_url
+    try:
+        source = sqlite_path(url)
+        if source is None:
+            typer.echo("The lab's database is not SQLite: back it up with pg_dump, e.g.")
+            typer.echo(pg_dump_command(url, Path(dest)))
+            raise typer.Exit(2)
+        report = backup_sqlite(source, Path(dest), overwrite=force)
+    except BackupError as exc:
+        typer.echo(f"pft backup: {exc}", err=True)
+        raise typer.Exit(1) from None
+    counts = ", ".join(f"{t} {n}" for t, n in report.rows.items())
+    typer.echo(
+        f"{source} -> {report.dest} ({report.size_bytes} bytes); integrity ok; "
+        f"jobs: {report.rows.get('jobs', 'no jobs table')}; rows: {counts}"
+    )
 
 
 def main() -> None:
