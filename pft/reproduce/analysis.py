@@ -3,7 +3,9 @@
 Per dataset: a strategy table (mean ± spread over seeds at the held-out-chosen learning rate),
 the learning-rate grid, the Pareto front of accuracy against tuned parameters, the stability of
 the fine-tuned angle ranking across seeds, the cheap-angle agreement, and soups against their
-ingredients. `verdicts` turns these into claim-by-claim statements (Ye et al. 2023).
+ingredients, and which cheap selection criterion predicts the full-run angle ranking and
+selects units best (`criteria_comparison`). `verdicts` turns these into claim-by-claim
+statements (Ye et al. 2023).
 
 Verdicts follow from paired comparisons over the reported seeds: the t-based 95% interval of
 the mean difference, and one of four outcomes against an equivalence margin stated up front
@@ -23,21 +25,28 @@ from pft.reproduce.plan import (
     ATTN_ONLY,
     BASE_STRATEGIES,
     BLOCK_HALVES,
+    CHEAP_CRITERIA,
     FFN_ONLY,
     FULL,
     GREEDY_SOUP,
+    REFERENCE_CRITERION,
+    SELECTOR_ORDER,
     STUDY_SOUPS,
     TOPK,
+    TRAINED_CRITERIA,
     UNIFORM_SOUP,
     family,
 )
 from pft.reproduce.results import (
     Record,
+    angle_scores,
     at_edge,
     choose_lrs,
     is_selection,
     main_records,
     mean_angles,
+    mean_scores,
+    short_angle_scores,
     unit_order,
 )
 from pft.reproduce.stats import (
@@ -102,6 +111,7 @@ class DatasetAnalysis:
     test_images: int | None = None  # test (and shift) set size: floors for the noise
     guard: dict[str, Any] = field(default_factory=dict)  # does the study beat chance?
     edges: dict[str, str] = field(default_factory=dict)  # label -> grid edge of its chosen lr
+    criteria: dict[str, Any] = field(default_factory=dict)  # `criteria_comparison`
 
     def row(self, label: str) -> StrategyRow | None:
         return next((r for r in self.rows if r.label == label), None)
@@ -113,8 +123,13 @@ def _order(label: str) -> tuple[int, str]:
 
 
 def strategy_rows(records: Sequence[Record], chosen: dict[str, float]) -> list[StrategyRow]:
+    return label_rows(main_records(records, chosen))
+
+
+def label_rows(records: Sequence[Record]) -> list[StrategyRow]:
+    """One row per label of ``records`` (its seeds' runs, all at one learning rate)."""
     by_label: dict[str, list[Record]] = {}
-    for r in main_records(records, chosen):
+    for r in records:
         by_label.setdefault(r.label, []).append(r)
     rows = []
     for label in sorted(by_label, key=_order):
@@ -236,6 +251,116 @@ def cheap_angles(
     return {"pairs": pairs}
 
 
+def criteria_comparison(
+    records: Sequence[Record],
+    fulls: Sequence[Record],
+    rows: Sequence[StrategyRow],
+    scores: dict[str, dict[int, dict[str, Any]]],
+    units: list[dict[str, Any]],
+    ks: Sequence[int],
+    *,
+    k: int,
+    fapft: str,
+    margin: float,
+    sd_floor: float = 0.0,
+) -> dict[str, Any]:
+    """Each cheap criterion against the full-run angles, and as the selector.
+
+    ``scores``: criterion -> seed -> scores of the gradient criteria (``short_angle`` comes
+    from the cheap runs in ``records``). Agreement (`pft.criteria.compare`): Spearman ρ of
+    each seed's scores with the same seed's complete full run, a t interval over the seeds;
+    top-K overlap, at every K, of the selector's scores (the seeds' mean) with the reference
+    angles (the mean of the full runs, FAPFT's). Selection: the ``criterion_topk`` runs at
+    ``k`` against ``fapft`` (``angle_topk`` at the same K and order) and full fine-tuning,
+    paired over the seeds (`compare`: test and held-out accuracy)."""
+    from pft.criteria.compare import compare as compare_criteria
+
+    if not units or not fulls:
+        return {}
+    full_by_seed = {r.spec.seed: r for r in fulls}
+    # Only the reported seeds' rankings (a folder may keep those of a larger earlier study).
+    per_seed = {
+        c: {s: v for s, v in by.items() if s in full_by_seed}
+        for c, by in scores.items()
+        if c in CHEAP_CRITERIA
+    }
+    for r in records:
+        if r.spec.phase == "cheap" and r.spec.seed in full_by_seed:
+            per_seed.setdefault(TRAINED_CRITERIA[0], {})[r.spec.seed] = short_angle_scores(r)
+    reference = angle_scores(mean_angles(fulls), units)
+    crit_rows = {
+        r.label.split(" ")[1]: r
+        for r in label_rows([r for r in records if r.spec.phase == "criteria"])
+    }
+    by_row = {r.label: r for r in rows}
+    fapft_row, full_row = by_row.get(fapft), by_row.get(FULL)
+    out_rows = []
+    selectors: dict[str, dict[str, Any]] = {REFERENCE_CRITERION: reference}
+    for c in CHEAP_CRITERIA:
+        seeds = per_seed.get(c, {})
+        if not seeds:
+            continue
+        rhos = []
+        for seed, sc in sorted(seeds.items()):
+            full = full_by_seed.get(seed)
+            if full is None:
+                continue
+            pair = compare_criteria(
+                {REFERENCE_CRITERION: angle_scores(full.unit_angles, units), c: sc},
+                k,
+                SELECTOR_ORDER,
+            )["pairs"][0]
+            if pair["spearman"] is not None:
+                rhos.append(pair["spearman"])
+        mean = mean_scores(seeds)
+        selector = angle_scores(mean, units, spread([s["seconds"] for s in seeds.values()]).mean)
+        selectors[c] = selector
+        overlaps = {
+            kk: compare_criteria({REFERENCE_CRITERION: reference, c: selector}, kk, SELECTOR_ORDER)[
+                "pairs"
+            ][0]["topk_overlap"]
+            for kk in ks
+        }
+        row = crit_rows.get(c)
+        entry: dict[str, Any] = {
+            "criterion": c,
+            "cost": spread([s["seconds"] for s in seeds.values()]),
+            "rho": mean_interval(rhos),
+            "overlap": overlaps,
+            "row": row,
+        }
+        if row is not None:
+            for m in ("heldout", "test"):  # seeds that tie: under one image apart, not zero
+                entry[m] = mean_interval(list(row.by_seed[m].values()), sd_floor=sd_floor)
+            for name, other in (("vs_fapft", fapft_row), ("vs_full", full_row)):
+                if other is not None:
+                    entry[name] = {
+                        m: compare(row, other, margin, m, sd_floor) for m in ("test", "heldout")
+                    }
+        out_rows.append(entry)
+    matrix = compare_criteria(selectors, k, SELECTOR_ORDER)
+    names = list(selectors)
+    rho = [[1.0 if a == b else math.nan for b in names] for a in names]
+    for p in matrix["pairs"]:
+        i, j = names.index(p["a"]), names.index(p["b"])
+        v = math.nan if p["spearman"] is None else p["spearman"]
+        rho[i][j] = rho[j][i] = v
+    ref_cost = spread([float(r.summary.get("train_seconds", 0.0)) for r in fulls])
+    return {
+        "k": k,
+        "order": SELECTOR_ORDER,
+        "ks": list(ks),
+        "fapft": fapft,
+        "rows": out_rows,
+        "fapft_row": fapft_row,
+        "full_row": full_row,
+        "reference_cost": ref_cost,
+        "reference_seeds": len(fulls),
+        "matrix": {"names": names, "rho": rho},
+        "margin": margin,
+    }
+
+
 def analyse_dataset(
     dataset: str,
     records: Sequence[Record],
@@ -246,7 +371,12 @@ def analyse_dataset(
     chance_margin: float = 0.05,
     random_init: bool = False,
     test_images: int | None = None,
+    criteria: dict[str, dict[int, dict[str, Any]]] | None = None,
+    selector: tuple[int, str] | None = None,
 ) -> DatasetAnalysis:
+    """Everything the report shows for one dataset. ``criteria``: the gradient criteria's
+    scores per seed (`results.load_criteria`); ``selector``: the criteria phase's K and the
+    FAPFT label it is compared with (`plan.selector_k`, `plan.fapft_label`)."""
     chosen = choose_lrs(records)
     rows = strategy_rows(records, chosen)
     front = pareto_front([(float(r.tuned_params), r.test.mean) for r in rows])
@@ -273,6 +403,19 @@ def analyse_dataset(
     )
     out.guard = chance_guard(rows, classes, chance_margin, random_init, _floor(out))
     out.verdicts = verdicts(out)
+    if selector is not None:
+        out.criteria = criteria_comparison(
+            records,
+            fulls,
+            rows,
+            criteria or {},
+            units,
+            ks,
+            k=selector[0],
+            fapft=selector[1],
+            margin=margin,
+            sd_floor=_floor(out),
+        )
     return out
 
 

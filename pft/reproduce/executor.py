@@ -1,8 +1,9 @@
 """Runs the reproduction study, phase by phase, resumably (see `pft.reproduce.plan`).
 
 Every run lives in its own folder; a folder with a finished ``metrics.json`` is skipped, and a
-run interrupted mid-way resumes from the engine's epoch checkpoint. Learning rates are chosen on
-the held-out split; test accuracy is only read by the analysis.
+run interrupted mid-way resumes from the engine's epoch checkpoint. A cheap criterion's scores
+are kept in a file of their own and reused while their configuration is unchanged. Learning
+rates are chosen on the held-out split; test accuracy is only read by the analysis.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ from tqdm import tqdm
 from pft.checkpoint import write_json
 from pft.reproduce.plan import (
     FULL,
+    GRADIENT_CRITERIA,
     STUDY_SOUPS,
+    TRAINED_CRITERIA,
     Preset,
     RunSpec,
     Target,
@@ -26,6 +30,8 @@ from pft.reproduce.plan import (
     angle_seed_runs,
     cheap_runs,
     count_plan,
+    criteria_runs,
+    fapft_label,
     grid_runs,
     seed_runs,
     to_spec,
@@ -33,10 +39,13 @@ from pft.reproduce.plan import (
 from pft.reproduce.results import (
     Record,
     choose_lrs,
+    criteria_path,
     load_record,
     main_records,
     mean_angles,
+    mean_scores,
     run_dir,
+    short_angle_scores,
     soup_path,
     widen,
 )
@@ -75,16 +84,32 @@ class Study:
             desc=f"reproduce ({preset.name})",
         )
         self.state: dict[str, Any] = {"preset": preset.to_dict(), "targets": {}}
+        self._inputs: dict[str, Any] = {}  # dataset -> (data, unit map) for the criteria
 
     def run(self) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._start = time.perf_counter()
+        self._session = self._sessions()
         try:
             for target in self.preset.targets:
                 self.state["targets"][target.dataset] = self._target(target)
                 write_json(self.root / "study.json", self.state)
+            self._session[-1]["finished"] = True
         finally:
+            self._clock()
             self.bar.close()
         return self.state
+
+    def _sessions(self) -> list[dict[str, Any]]:
+        """``elapsed.json``'s sessions with this one appended (its seconds grow as it runs)."""
+        path = self.root / "elapsed.json"
+        old = json.loads(path.read_text())["sessions"] if path.is_file() else []
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        return [*old, {"started": started, "seconds": 0.0, "finished": False}]
+
+    def _clock(self) -> None:
+        self._session[-1]["seconds"] = time.perf_counter() - self._start
+        write_json(self.root / "elapsed.json", {"sessions": self._session})
 
     def _runs(
         self, specs: Sequence[RunSpec], angles: dict[str, float] | None = None
@@ -107,6 +132,7 @@ class Study:
             record = load_record(folder)
             assert record is not None  # the engine wrote metrics.json
             self.log(f"{spec.dataset:>16} {spec.run_id:<44} heldout {record.heldout:.3f}")
+            self._clock()
         self.bar.update(1)
         return record
 
@@ -130,14 +156,84 @@ class Study:
         chosen |= choose_lrs(angle_grid)
         angle_seeds = self._runs(angle_seed_runs(p, t, chosen), reference)
         cheap = self._runs(cheap_runs(p, t, chosen[FULL]))
+        selectors = self._criteria(t, cheap)
+        lr = chosen[fapft_label(p, t)]
+        criteria = [self._run(s, selectors[s.criterion]) for s in criteria_runs(p, t, lr)]
         records = grid + seeds + angle_grid + angle_seeds
         soups = self._soups(t, main_records(seeds + angle_seeds, chosen), chosen)
         return {
             "chosen_lr": chosen,
             "reference_angles": reference,
-            "runs": [r.spec.run_id for r in records + cheap],
+            "criterion_scores": selectors,
+            "runs": [r.spec.run_id for r in records + cheap + criteria],
             "soups": soups,
         }
+
+    def _criteria(self, t: Target, cheap: list[Record]) -> dict[str, dict[str, float]]:
+        """criterion -> unit -> its score averaged over the reported seeds: the gradient
+        criteria scored here (or read back), ``short_angle`` from the short runs."""
+        per_seed = {
+            c: {s: self._score(t, c, s) for s in range(self.preset.seeds)}
+            for c in GRADIENT_CRITERIA
+        }
+        for c in TRAINED_CRITERIA:
+            per_seed[c] = {r.spec.seed: short_angle_scores(r) for r in cheap}
+        return {c: mean_scores(scores) for c, scores in per_seed.items()}
+
+    def _score(self, t: Target, criterion: str, seed: int) -> dict[str, Any]:
+        """One gradient criterion's scores on the target's training split, batches drawn by
+        ``seed``, at the runs' shared starting point (pre-trained backbone, head seed 0)."""
+        p = self.preset
+        params = {"batches": p.criteria_batches, "batch_size": p.batch_size}
+        config = {
+            "model": p.model,
+            "dataset": t.dataset,
+            "criterion": criterion,
+            "seed": seed,
+            "params": params,
+            "head_seed": 0,
+            "train_limit": t.train_limit,
+        }
+        path = criteria_path(self.root, t.dataset, criterion, seed)
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("config") == config:
+                return old["scores"]
+        from pft.base_model import build_pretrained
+        from pft.criteria.ranking import score_units
+
+        data, unit_map = self._criterion_inputs(t)
+        self.bar.set_postfix_str(f"{t.dataset} {criterion} seed {seed}")
+        model = build_pretrained(p.model, data.num_classes, head_seed=0)
+        scores = score_units(
+            criterion, model, unit_map, data, seed=seed, params=params, device=self.device
+        ).to_dict()
+        write_json(path, {"config": config, "scores": scores})
+        self.log(f"{t.dataset:>16} {criterion} seed {seed}: {scores['seconds']:.1f} s")
+        return scores
+
+    def _criterion_inputs(self, t: Target) -> Any:
+        """The target's splits (the runs' ``train_limit`` applied) and the model's unit map."""
+        if t.dataset not in self._inputs:
+            from pft.datasets import DatasetSplits, load_dataset
+            from pft.model_catalog import get_spec, unit_map_for
+            from pft.model_factory import compute_shape_table
+
+            spec = get_spec(self.preset.model)
+            data = load_dataset(t.dataset, image_size=int(spec.overrides.get("img_size", 224)))
+            if t.train_limit is not None:
+                n = t.train_limit
+                data = DatasetSplits(
+                    data.name,
+                    data.classes,
+                    *(
+                        type(s)(s.images[:n], s.labels[:n])
+                        for s in (data.train, data.heldout, data.test)
+                    ),
+                )
+            um = unit_map_for(self.preset.model, data.num_classes, compute=compute_shape_table)
+            self._inputs[t.dataset] = (data, um)
+        return self._inputs[t.dataset]
 
     def _soups(self, t: Target, records: list[Record], chosen: dict[str, float]) -> list[str]:
         n = self.preset.seeds

@@ -1,5 +1,6 @@
 """The study's figures (matplotlib, Agg backend, small PNGs): accuracy against tuned parameters
-with the Pareto front, fine-tuned angle heatmaps, soup bars and the cheap-angle scatter."""
+with the Pareto front, fine-tuned angle heatmaps, soup bars, the cheap-angle scatter and the
+cheap criteria (accuracy against cost, their Spearman matrix)."""
 
 from __future__ import annotations
 
@@ -183,6 +184,61 @@ def cheap_scatter(a: DatasetAnalysis, path: Path) -> Path:
     return _save(fig, path)
 
 
+def criteria_figure(a: DatasetAnalysis, path: Path) -> Path:
+    """Left: test accuracy of each selector (mean, 95% t interval) against its cost; right: the
+    Spearman matrix of the criteria's rankings (the seeds' mean scores, the reference angles)."""
+    import math
+
+    from pft.reproduce.stats import mean_interval
+
+    c = a.criteria
+    fig, (ax, hm) = _pyplot().subplots(1, 2, figsize=(10, 4.2))
+    points = [(e["criterion"], e["cost"].mean, e.get("test")) for e in c["rows"] if e.get("test")]
+    if c["fapft_row"] is not None:
+        fapft_test = mean_interval(list(c["fapft_row"].by_seed["test"].values()))
+        points.append((f"FAPFT ({c['fapft']})", c["reference_cost"].mean, fapft_test))
+    for i, (name, cost, iv) in enumerate(points):
+        finite = not (math.isinf(iv.half_width) or math.isnan(iv.half_width))
+        lo, hi = max(iv.lo, 0.0), min(iv.hi, 1.0)  # an accuracy's range
+        fapft = name.startswith("FAPFT")
+        ax.errorbar(
+            [max(cost, 1e-2)],
+            [100 * iv.mean],
+            yerr=[[100 * (iv.mean - lo)], [100 * (hi - iv.mean)]] if finite else None,
+            fmt="*" if fapft else "o",
+            ms=9 if fapft else 6,
+            capsize=3,
+            label=name,
+            color="black" if fapft else f"C{i}",
+        )
+    if c["full_row"] is not None:
+        full = c["full_row"].test.mean
+        ax.axhline(100 * full, color=COLORS[FULL], lw=1, ls="--", label="full fine-tuning")
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("cost of the ranking (s, log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{a.dataset}: top-K per group, K={c['k']} (95% t interval)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    names, rho = c["matrix"]["names"], c["matrix"]["rho"]
+    im = hm.imshow(rho, vmin=-1, vmax=1, cmap="RdBu_r")
+    for i, row in enumerate(rho):
+        for j, v in enumerate(row):
+            dark = not math.isnan(v) and abs(v) > 0.6
+            text = "–" if math.isnan(v) else f"{v:.2f}"
+            hm.text(
+                j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "k"
+            )
+    hm.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    hm.set_yticks(range(len(names)), names, fontsize=7)
+    hm.set_title("Spearman ρ between the criteria's rankings", fontsize=9)
+    fig.colorbar(im, ax=hm, fraction=0.04)
+    return _save(fig, path)
+
+
 def write_figures(a: DatasetAnalysis, folder: Path) -> dict[str, Path]:
     """Every figure that the dataset's results support, keyed by kind."""
     folder = Path(folder)
@@ -195,4 +251,6 @@ def write_figures(a: DatasetAnalysis, folder: Path) -> dict[str, Path]:
         out["soups"] = soup_bars(a, folder / f"{a.dataset}_soups.png")
     if a.cheap["pairs"]:
         out["cheap"] = cheap_scatter(a, folder / f"{a.dataset}_cheap_angles.png")
+    if a.criteria and a.criteria["rows"]:
+        out["criteria"] = criteria_figure(a, folder / f"{a.dataset}_criteria.png")
     return out

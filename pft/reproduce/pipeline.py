@@ -18,9 +18,13 @@ from pft.reproduce.plan import (
     PRESETS,
     Preset,
     count_plan,
+    fapft_label,
+    selector_k,
 )
 from pft.reproduce.report import write_report
 from pft.reproduce.results import (
+    Record,
+    load_criteria,
     load_records,
     load_soups,
 )
@@ -107,6 +111,8 @@ def analyse(root: Path, preset: Preset) -> list[DatasetAnalysis]:
             chance_margin=preset.chance_margin,
             random_init=random_init(preset),
             test_images=sizes.get(t.dataset),
+            criteria=load_criteria(root, t.dataset),
+            selector=(selector_k(preset), fapft_label(preset, t)),
         )
         for t in preset.targets
         if load_records(root, t.dataset)
@@ -174,6 +180,39 @@ def _cost(root: Path, preset: Preset) -> tuple[str, float]:
     return " ".join(lines), wall
 
 
+def elapsed_seconds(root: Path) -> tuple[float, int]:
+    """The real time of the `pft reproduce` sessions that ran the study (``elapsed.json``), and
+    how many there were."""
+    path = Path(root) / "elapsed.json"
+    if not path.is_file():
+        return 0.0, 0
+    sessions = json.loads(path.read_text())["sessions"]
+    return sum(float(s["seconds"]) for s in sessions), len(sessions)
+
+
+def cache_note(records: list[Record]) -> str:
+    """How many runs trained on cached frozen-prefix tokens, which, and why the others not."""
+    used: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for r in records:
+        info = r.summary.get("prefix_cache") or {}
+        if info.get("used"):
+            base = r.spec.strategy
+            used[base] = used.get(base, 0) + 1
+        else:
+            why = str(info.get("reason", "not recorded (a run from before prefix caching)"))
+            reasons[why] = reasons.get(why, 0) + 1
+    n = sum(used.values())
+    text = f"{n} of {len(records)} runs trained on cached frozen-prefix tokens"
+    if used:
+        text += " (" + ", ".join(f"`{s}` {c}" for s, c in sorted(used.items())) + ")"
+    if reasons:
+        text += "; the others did not: " + "; ".join(
+            f"{why} ({c})" for why, c in sorted(reasons.items(), key=lambda kv: -kv[1])
+        )
+    return text + "."
+
+
 def _caveats(preset: Preset) -> str:
     from pft.model_catalog import get_spec
 
@@ -225,11 +264,15 @@ def reproduce(
     analyses = analyse(root, preset)
     figs = {a.dataset: write_figures(a, figures) for a in analyses}
     cost, wall = _cost(root, preset)
+    elapsed, sessions = elapsed_seconds(root)
     meta = {
         "command": command,
         "study_dir": shown(root),
         "machine": machine(),
         "wall_minutes": wall / 60,
+        "elapsed_minutes": elapsed / 60,
+        "sessions": sessions,
+        "cache": cache_note(load_records(root)),
         "backbone": backbone_note(preset),
         "preamble": _preamble(preset) + _completeness(root, preset),
         "cost": cost,

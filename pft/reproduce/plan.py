@@ -13,7 +13,16 @@ the resumable `pft.reproduce.executor.Study`):
 3. ``angle``: ``angle_topk`` (both orders, a K sweep) with reference angles from phase 2's
    full fine-tuning runs, grid (selection seed, widened) then reported seeds as above;
 4. ``cheap``: short full fine-tuning runs (``cheap_fraction`` of the epochs) whose angles are
-   compared with the complete runs'.
+   compared with the complete runs';
+5. ``criteria``: every cheap criterion of the registry `pft.criteria` (``CHEAP_CRITERIA``)
+   scores the units per reported seed (the gradient criteria on ``criteria_batches`` batches of
+   the training split at the runs' shared starting point; ``short_angle`` is phase 4's short
+   runs, not run twice); each criterion's scores, averaged over the seeds, select the units of
+   ``criterion_topk`` at ``selector_k`` (order ``SELECTOR_ORDER``), fine-tuned with the
+   reported seeds at the learning rate chosen for ``angle_topk`` at that K and order (FAPFT).
+
+Every run trains with augmentation as the preset says (``Preset.augment``, off for every preset:
+a recipe change that makes frozen-prefix caching valid, `pft.prefix_cache`).
 
 Pure data and functions: nothing here trains or touches files.
 """
@@ -25,6 +34,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pft.criteria.registry import CRITERIA
 from pft.errors import PftError
 from pft.jobs.specs import FinetuneSpec, Hparams
 from pft.soups.registry import MERGE_METHODS
@@ -37,6 +47,15 @@ ATTN_ONLY, FFN_ONLY = "attn_only", "ffn_only"
 BLOCK_HALVES = ("blocks_first_half", "blocks_last_half")
 BASE_STRATEGIES = (FULL, LINEAR_PROBE, *MANUAL_STRATEGIES)
 MANUAL = "manual"  # the learning-rate family of the manual strategies
+CRITERION_TOPK = "criterion_topk"  # top-K over a selection criterion's scores (issue 15)
+# The selection criteria of the study, from the registry: the reference (the paper's angle
+# after a complete full run) and the cheap ones that the ``criteria`` phase compares with it:
+# those that score from a few batches, and those that train a short full run (phase 4's runs).
+REFERENCE_CRITERION = next(c.name for c in CRITERIA.values() if c.needs_reference)
+CHEAP_CRITERIA = tuple(c.name for c in CRITERIA.values() if not c.needs_reference)
+TRAINED_CRITERIA = tuple(c.name for c in CRITERIA.values() if c.needs_training)
+GRADIENT_CRITERIA = tuple(c for c in CHEAP_CRITERIA if c not in TRAINED_CRITERIA)
+SELECTOR_ORDER = ORDERS[0]  # largest: the most important units for the gradient criteria
 FULL_PRESET = "full"  # the preset of the study as the issue specifies it
 # The soups the study builds of each group of runs: every merge method of the lab (the
 # `pft.soups` registry), and those that equal the uniform soup when every ingredient tuned the
@@ -53,11 +72,13 @@ def family(strategy: str) -> str:
     """The learning-rate grid family of a strategy."""
     if strategy in (FULL, LINEAR_PROBE, TOPK):
         return strategy
+    if strategy == CRITERION_TOPK:
+        return TOPK  # it runs at the learning rate chosen for angle_topk
     if strategy in MANUAL_STRATEGIES:
         return MANUAL
     raise PftError(
         f"strategy {strategy!r} is not part of the study; accepted: "
-        f"{', '.join((*BASE_STRATEGIES, TOPK))}"
+        f"{', '.join((*BASE_STRATEGIES, TOPK, CRITERION_TOPK))}"
     )
 
 
@@ -91,6 +112,11 @@ class Preset:
     margin: float = 0.01
     chance_margin: float = 0.05
     widen: int = 3  # widening steps of the learning-rate grid past an edge, per strategy
+    # Random translation / flips of training batches (the engine's default is on). Off here: a
+    # recipe change that lets every run whose tuned tensors skip the first blocks train on
+    # cached frozen-prefix tokens (`pft.prefix_cache`; the report counts the cached runs).
+    augment: bool = False
+    criteria_batches: int = 8  # batches of the training split the gradient criteria score on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +141,7 @@ PRESETS: dict[str, Preset] = {
             cheap_fraction=0.5,
             shifts=("gaussian_noise",),
             estimate="about 1 minute on 2 CPU cores",
+            criteria_batches=2,
             widen=0,  # a smoke test: the widening is tested on made-up records
         ),
         Preset(
@@ -189,16 +216,20 @@ class RunSpec:
     lr: float
     seed: int
     epochs: int
-    k: int | None = None  # angle_topk only
-    order: str | None = None  # angle_topk only
+    k: int | None = None  # angle_topk and criterion_topk only
+    order: str | None = None  # angle_topk and criterion_topk only
     train_limit: int | None = None
-    phase: str = "grid"  # grid, seeds, angle, cheap
+    phase: str = "grid"  # grid, seeds, angle, cheap, criteria
+    criterion: str | None = None  # criterion_topk only: the criterion whose scores select
 
     @property
     def label(self) -> str:
-        """The strategy as the tables show it: ``attn_only``, ``angle_topk smallest k=3``."""
-        if self.strategy == "angle_topk":
-            return f"angle_topk {self.order} k={self.k}"
+        """The strategy as the tables show it: ``attn_only``, ``angle_topk smallest k=3``,
+        ``criterion_topk fisher largest k=6``."""
+        if self.strategy == TOPK:
+            return f"{TOPK} {self.order} k={self.k}"
+        if self.strategy == CRITERION_TOPK:
+            return f"{CRITERION_TOPK} {self.criterion} {self.order} k={self.k}"
         return self.strategy
 
     @property
@@ -217,15 +248,26 @@ class RunSpec:
 
 
 def to_spec(spec: RunSpec, preset: Preset, angles: dict[str, float] | None = None) -> FinetuneSpec:
-    """The fine-tuning spec of a run (``angles`` are required by ``angle_topk``)."""
+    """The fine-tuning spec of a run: ``angles`` are the per-unit values that rank the units,
+    required by ``angle_topk`` (reference angles) and ``criterion_topk`` (a criterion's
+    scores)."""
     params: dict[str, Any] = {}
-    if spec.strategy == "angle_topk":
+    if spec.strategy == TOPK:
         if angles is None:
             raise PftError("angle_topk runs need reference angles from the full fine-tuning runs")
         params = {"k": spec.k, "order": spec.order, "angles": dict(angles)}
+    if spec.strategy == CRITERION_TOPK:
+        if angles is None:
+            raise PftError(f"criterion_topk runs need the scores of criterion {spec.criterion!r}")
+        params = {"k": spec.k, "order": spec.order, "scores": dict(angles)}
     hp = Hparams(
-        epochs=spec.epochs, lr=spec.lr, batch_size=preset.batch_size, seed=spec.seed, head_seed=0
-    )  # a shared head initialisation: the runs can be souped
+        epochs=spec.epochs,
+        lr=spec.lr,
+        batch_size=preset.batch_size,
+        seed=spec.seed,
+        head_seed=0,  # a shared head initialisation: the runs can be souped
+        augment=preset.augment,
+    )
     return FinetuneSpec(
         model=preset.model,
         dataset=spec.dataset,
@@ -325,6 +367,39 @@ def cheap_runs(preset: Preset, target: Target, full_lr: float) -> list[RunSpec]:
     ]
 
 
+def selector_k(preset: Preset) -> int:
+    """The K of the criteria phase's ``criterion_topk`` runs: the middle of the preset's Ks."""
+    return preset.ks[len(preset.ks) // 2]
+
+
+def fapft_label(preset: Preset, target: Target) -> str:
+    """The ``angle_topk`` setting the cheap criteria are compared with (same K and order)."""
+    return RunSpec(
+        target.dataset, TOPK, 0.0, 0, target.epochs, k=selector_k(preset), order=SELECTOR_ORDER
+    ).label
+
+
+def criteria_runs(preset: Preset, target: Target, lr: float) -> list[RunSpec]:
+    """``criterion_topk`` with each cheap criterion's scores, every reported seed, at ``lr``
+    (the rate chosen for FAPFT at the same K and order)."""
+    return [
+        RunSpec(
+            target.dataset,
+            CRITERION_TOPK,
+            lr,
+            seed,
+            target.epochs,
+            k=selector_k(preset),
+            order=SELECTOR_ORDER,
+            train_limit=target.train_limit,
+            phase="criteria",
+            criterion=criterion,
+        )
+        for criterion in CHEAP_CRITERIA
+        for seed in range(preset.seeds)
+    ]
+
+
 @dataclass
 class PlanCount:
     """How many runs and epochs a preset asks for (for time estimates)."""
@@ -354,6 +429,7 @@ def count_plan(preset: Preset) -> PlanCount:
             + angle_grid_runs(preset, t)
             + angle_seed_runs(preset, t, angle_first)
             + cheap_runs(preset, t, first["full"])
+            + criteria_runs(preset, t, preset.lr_grid[TOPK][0])
         )
         fam = out.epochs_by_family.setdefault(t.dataset, {})
         for r in runs:

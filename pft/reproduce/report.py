@@ -12,15 +12,20 @@ from typing import Any
 from pft.reproduce.analysis import NO_VERDICT, DatasetAnalysis, soup_rows
 from pft.reproduce.plan import (
     ATTN_ONLY,
+    CHEAP_CRITERIA,
     FFN_ONLY,
     FULL,
+    GRADIENT_CRITERIA,
     GREEDY_SOUP,
+    REFERENCE_CRITERION,
     SELECTION_SEED,
     STUDY_SOUPS,
+    TRAINED_CRITERIA,
     Preset,
     cheap_epochs,
+    selector_k,
 )
-from pft.reproduce.stats import LEVEL, spread
+from pft.reproduce.stats import BETTER, EQUIVALENT, LEVEL, spread
 
 # Ye et al. 2023, ViT-B/16 (ImageNet-21K) on CIFAR-100, as summarised in PAPER.md.
 PAPER_CIFAR100 = [
@@ -160,7 +165,8 @@ def _guard_text(a: DatasetAnalysis) -> str:
 def _iv_pct(iv: Any) -> str:
     if math.isinf(iv.half_width) or math.isnan(iv.half_width):
         return f"{100 * iv.mean:.1f}% (one seed: no interval)"
-    return f"{100 * iv.mean:.1f}% [{100 * iv.lo:.1f}, {100 * iv.hi:.1f}]"
+    lo, hi = max(iv.lo, 0.0), min(iv.hi, 1.0)  # an accuracy's range
+    return f"{100 * iv.mean:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _link(fig: Path | None, report: Path, alt: str) -> str:
@@ -216,8 +222,29 @@ def _setup(preset: Preset, meta: dict[str, Any]) -> str:
             f"- Shift sets (test images corrupted at severity 3): {', '.join(preset.shifts)}.",
             f"- Cheap angles: short full fine-tuning runs of {cheap} at the full runs' "
             "learning rate.",
-            f"- Machine: {meta.get('machine', '?')}. Wall time of the runs: "
-            f"{meta.get('wall_minutes', math.nan):.1f} minutes.",
+            f"- Selection criteria (registry `pft.criteria`): {', '.join(GRADIENT_CRITERIA)} "
+            f"on {preset.criteria_batches} batches of {preset.batch_size} training images per "
+            "reported seed (no weight update, at the runs' shared starting point); "
+            f"{', '.join(TRAINED_CRITERIA)} = the cheap-angle runs above. Each criterion's "
+            f"scores, averaged over the seeds, select `criterion_topk` at K={selector_k(preset)} "
+            "per group (largest scores), fine-tuned at FAPFT's learning rate.",
+            "- Augmentation: "
+            + (
+                "on (random translation, and flips where the dataset allows them)."
+                if preset.augment
+                else "**off**, a recipe change from the engine's default (random translation "
+                "and flips): with augmentation off, every run whose tuned tensors lie at or "
+                "above a block > 0 (the last-half strategies, `linear_probe`, top-K selections "
+                "that skip the first blocks) trains on cached frozen-prefix tokens, computed "
+                "once per image (`pft.prefix_cache`; exact on CPU)."
+            )
+            + f" {meta.get('cache', '')}",
+            f"- Machine: {meta.get('machine', '?')}.",
+            f"- Wall time: {meta.get('wall_minutes', math.nan):.1f} minutes is the **sum of the "
+            "runs' own seconds** (training and evaluation of each run; soups and criterion "
+            "scoring excluded); the **real elapsed time** of the `pft reproduce` "
+            f"session(s) that ran the study was {meta.get('elapsed_minutes', math.nan):.1f} "
+            f"minutes ({meta.get('sessions', 0)} session(s), everything included).",
             "",
         ]
     )
@@ -396,6 +423,160 @@ def _cheap(a: DatasetAnalysis, preset: Preset) -> str:
     return text
 
 
+def _ci(
+    iv: Any, scale: float = 100.0, digits: int = 1, bounds: tuple[float, float] = (0.0, 1.0)
+) -> str:
+    """``"81.2 [79.0, 83.4]"``, the interval clipped to the values' range (``bounds``: an
+    accuracy lies in [0, 1], a correlation in [−1, 1]); the mean alone for one value."""
+    if iv is None or iv.n == 0 or math.isnan(iv.mean):
+        return "–"
+    if math.isinf(iv.half_width) or math.isnan(iv.half_width):
+        return f"{iv.mean * scale:.{digits}f} (one value)"
+    lo, hi = max(iv.lo, bounds[0]), min(iv.hi, bounds[1])
+    return f"{iv.mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+
+
+def _vs(entry: dict[str, Any], key: str) -> str:
+    c = (entry.get(key) or {}).get("test")
+    if c is None:
+        return "–"
+    return f"{c['diff'].fmt()} **{c['outcome']}**"
+
+
+def _criteria_table(c: dict[str, Any], sd_floor: float = 0.0) -> str:
+    ks = c["ks"]
+    rows = []
+    for e in c["rows"]:
+        rows.append(
+            [
+                f"`{e['criterion']}`",
+                f"{e['cost'].mean:.1f}",
+                _ci(e["rho"], 1.0, 2, (-1.0, 1.0)),
+                *(f"{100 * e['overlap'][k]:.0f}%" for k in ks),
+                _ci(e.get("heldout")),
+                _ci(e.get("test")),
+                _vs(e, "vs_fapft"),
+                _vs(e, "vs_full"),
+            ]
+        )
+    for label, row, cost in (
+        (f"`{REFERENCE_CRITERION}` (FAPFT, `{c['fapft']}`)", c["fapft_row"], c["reference_cost"]),
+        ("full fine-tuning (no selection)", c["full_row"], None),
+    ):
+        if row is None:
+            continue
+        rows.append(
+            [
+                label,
+                "–" if cost is None else f"{cost.mean:.1f}",
+                "reference" if cost is not None else "–",
+                *("100%" if cost is not None else "–" for _ in ks),
+                _ci(_iv(row, "heldout", sd_floor)),
+                _ci(_iv(row, "test", sd_floor)),
+                "–",
+                "–",
+            ]
+        )
+    header = [
+        "criterion",
+        "cost s",
+        "Spearman ρ vs full-run angles",
+        *(f"top-K overlap K={k}" for k in ks),
+        "held-out acc %",
+        "test acc %",
+        "test − FAPFT (points)",
+        "test − full (points)",
+    ]
+    return _table(header, rows)
+
+
+def _iv(row: Any, metric: str, sd_floor: float = 0.0) -> Any:
+    from pft.reproduce.stats import mean_interval
+
+    return mean_interval(list(row.by_seed[metric].values()), sd_floor=sd_floor)
+
+
+def _criteria_sentences(a: DatasetAnalysis) -> str:
+    c = a.criteria
+    rows = [e for e in c["rows"] if e["rho"].n]
+    text = []
+    if rows:
+        best = max(rows, key=lambda e: e["rho"].mean)
+        others = [e for e in rows if e is not best]
+        clear = all(best["rho"].lo > e["rho"].hi for e in others)
+        text.append(
+            f"`{best['criterion']}` agrees best with the full-run angle ranking (ρ "
+            f"{_ci(best['rho'], 1.0, 2, (-1.0, 1.0))} over {best['rho'].n} seed(s))"
+            + (
+                ", its interval above every other criterion's."
+                if clear and others
+                else "; its interval overlaps the others', so which cheap criterion predicts "
+                "the ranking best is not shown."
+                if others
+                else "."
+            )
+        )
+    opposite = [e["criterion"] for e in rows if e["rho"].hi < 0]
+    if opposite:
+        text.append(
+            ", ".join(f"`{x}`" for x in opposite)
+            + " rank the units opposite to the full-run angles (ρ interval below zero), so "
+            "their largest scores pick units FAPFT's largest-angle order leaves out."
+        )
+    ran = [e for e in c["rows"] if e.get("row") is not None]
+    if ran:
+        best = max(ran, key=lambda e: e["heldout"].mean)
+        v = (best.get("vs_fapft") or {}).get("test")
+        line = (
+            f"As the selector, `{best['criterion']}` gives the best held-out accuracy "
+            f"({_ci(best['heldout'])}%) at {best['cost'].mean:.1f} s per ranking against "
+            f"FAPFT's {c['reference_cost'].mean:.1f} s of complete full fine-tuning"
+        )
+        line += f"; its test accuracy against FAPFT is **{v['outcome']}**." if v else "."
+        text.append(line)
+        good = [
+            e["criterion"]
+            for e in ran
+            if (e.get("vs_fapft") or {}).get("test", {}).get("outcome") in (BETTER, EQUIVALENT)
+        ]
+        if good:
+            text.append(
+                "Equivalent to or better than FAPFT on test accuracy, at a fraction of its "
+                "cost: " + ", ".join(f"`{g}`" for g in good) + "."
+            )
+        else:
+            text.append(
+                "No cheap criterion is shown to match FAPFT (equivalent within "
+                f"±{100 * c['margin']:.1f} points, or better) at this budget; inconclusive is not "
+                "worse: the intervals say how much is unknown."
+            )
+    if a.guard and not a.guard["ok"]:
+        text.append("The study does not beat chance here, so these outcomes support no conclusion.")
+    return " ".join(text) + "\n"
+
+
+def _criteria_text(a: DatasetAnalysis, preset: Preset) -> str:
+    c = a.criteria
+    if not c or not c["rows"]:
+        return "No criteria runs.\n"
+    text = (
+        f"Every cheap criterion of the registry ({', '.join(CHEAP_CRITERIA)}) against the "
+        f"ranking FAPFT uses: the angles after complete full fine-tuning, mean of "
+        f"{c['reference_seeds']} seed(s). Cost: seconds per ranking (the short run's training "
+        "time for `short_angle`; a complete full run's for the reference). Spearman ρ: each "
+        "seed's scores against the same seed's complete full run (`pft.criteria.compare`), "
+        f"mean and {LEVEL:.0%} t interval over the seeds (intervals clipped to the values' "
+        "range). Top-K overlap: the units "
+        "`criterion_topk` picks (largest scores, K per group) from the seeds' mean scores "
+        "that FAPFT's largest-angle selection also picks. Accuracy: `criterion_topk` at "
+        f"K={c['k']} with the reported seeds at FAPFT's learning rate, mean and {LEVEL:.0%} "
+        "t interval; differences paired over the seeds with the study's outcomes (margin "
+        f"±{100 * c['margin']:.1f} points).\n\n"
+    )
+    floor = 1 / a.test_images if getattr(a, "test_images", None) else 0.0
+    return text + _criteria_table(c, floor) + "\n" + _criteria_sentences(a)
+
+
 def _soup_table(a: DatasetAnalysis) -> str:
     rows = []
     for r in soup_rows(a.soups):
@@ -534,6 +715,9 @@ def write_report(
         out.append("\n### Cheap angles (new here)\n")
         out.append(_cheap(a, preset))
         out.append(_link(figs.get("cheap"), path, f"{a.dataset} cheap angles"))
+        out.append("\n### Which cheap criterion?\n")
+        out.append(_criteria_text(a, preset))
+        out.append(_link(figs.get("criteria"), path, f"{a.dataset} cheap criteria"))
         out.append("\n### Claim 3: soups\n")
         out.append(
             "Cells are test / mean shift accuracy (%). Ingredients share the pre-trained "

@@ -2,8 +2,11 @@
 
 Layout under the study folder: ``runs/<dataset>/<run_id>/`` (``spec.json``, the engine's
 ``metrics.json``, ``angles.json``, ``delta.safetensors``, and ``timing.json``),
-``soups/<dataset>/<name>.json`` and ``study.json`` (preset, chosen learning rates, reference
-angles). A :class:`Record` is one finished run; everything downstream works on records.
+``soups/<dataset>/<name>.json``, ``criteria/<dataset>/<criterion>-s<seed>.json`` (a cheap
+criterion's per-unit scores, as `pft rank --json` prints them, with the configuration that made
+them), ``study.json`` (preset, chosen learning rates, reference angles) and ``elapsed.json``
+(the real time of each `pft reproduce` session). A :class:`Record` is one finished run;
+everything downstream works on records.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pft.reproduce.plan import SELECTION_SEED, RunSpec, ladder
+from pft.reproduce.plan import SELECTION_SEED, TRAINED_CRITERIA, RunSpec, ladder
 
 
 @dataclass
@@ -54,6 +57,54 @@ def run_dir(root: Path, spec: RunSpec) -> Path:
 
 def soup_path(root: Path, dataset: str, name: str) -> Path:
     return Path(root) / "soups" / dataset / f"{name}.json"
+
+
+def criteria_path(root: Path, dataset: str, criterion: str, seed: int) -> Path:
+    return Path(root) / "criteria" / dataset / f"{criterion}-s{seed}.json"
+
+
+def load_criteria(root: Path, dataset: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """criterion -> seed -> its scores (``{"criterion", "units", "seconds"}``) on disk."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for p in sorted((Path(root) / "criteria" / dataset).glob("*.json")):
+        data = json.loads(p.read_text())
+        out.setdefault(data["scores"]["criterion"], {})[int(data["config"]["seed"])] = data[
+            "scores"
+        ]
+    return out
+
+
+def short_angle_scores(r: Record) -> dict[str, Any]:
+    """A short full run's final angles as the ``short_angle`` criterion's scores; its cost is
+    the run's training seconds (its evaluation excluded, as for the other criteria)."""
+    return {
+        "criterion": TRAINED_CRITERIA[0],
+        "units": [
+            {"name": u["name"], "group": u["group"], "score": u["angle_deg"]} for u in r.units
+        ],
+        "seconds": float(r.summary.get("train_seconds", r.wall_seconds or 0.0)),
+    }
+
+
+def angle_scores(
+    angles: dict[str, float], units: list[dict[str, Any]], seconds: float = 0.0
+) -> dict[str, Any]:
+    """Per-unit angles (``{unit: degrees}``) in the scores shape `pft.criteria.compare` takes."""
+    return {
+        "units": [
+            {"name": u["name"], "group": u["group"], "score": angles[u["name"]]} for u in units
+        ],
+        "seconds": seconds,
+    }
+
+
+def mean_scores(per_seed: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """unit -> score averaged over the seeds' rankings (what ``criterion_topk`` selects on,
+    as ``angle_topk`` selects on the mean angles of the seeds' full runs)."""
+    rows = [s["units"] for _, s in sorted(per_seed.items())]
+    if not rows:
+        return {}
+    return {u["name"]: sum(r[i]["score"] for r in rows) / len(rows) for i, u in enumerate(rows[0])}
 
 
 def load_record(folder: Path) -> Record | None:
@@ -111,11 +162,13 @@ def choose_lrs(records: Iterable[Record]) -> dict[str, float]:
 
 def main_records(records: Iterable[Record], chosen: dict[str, float]) -> list[Record]:
     """The reported runs: each label's chosen learning rate, every reported seed (neither the
-    selection seed nor cheap runs)."""
+    selection seed, nor cheap runs, nor the criteria phase's runs)."""
     return [
         r
         for r in records
-        if r.spec.phase != "cheap" and not is_selection(r) and chosen.get(r.label) == r.spec.lr
+        if r.spec.phase not in ("cheap", "criteria")
+        and not is_selection(r)
+        and chosen.get(r.label) == r.spec.lr
     ]
 
 

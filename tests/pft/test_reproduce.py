@@ -17,6 +17,8 @@ from pft.errors import PftError
 from pft.reproduce.analysis import claim1, strategy_rows
 from pft.reproduce.plan import (
     BASE_STRATEGIES,
+    CHEAP_CRITERIA,
+    GRADIENT_CRITERIA,
     PRESETS,
     SELECTION_SEED,
     RunSpec,
@@ -100,6 +102,7 @@ def test_full_preset_covers_the_issue():
         + 10 * full.seeds
         + len(full.ks) * 2 * (len(full.lr_grid["angle_topk"]) + full.seeds)
         + full.seeds
+        + len(CHEAP_CRITERIA) * full.seeds  # the criteria phase's criterion_topk runs
     )
     assert count.runs == 2 * per_target
 
@@ -267,6 +270,31 @@ def test_quick_study_writes_every_run_soup_and_figure(quick_study):
     assert len(topk) == len(preset.ks) * 2 * (len(preset.lr_grid["angle_topk"]) + preset.seeds)
     for m in topk:
         assert m["config"]["strategy_params"]["angles"] == study["reference_angles"]
+    # The criteria phase: gradient criteria scored per seed on 2 batches, short_angle from the
+    # cheap runs; criterion_topk at the middle K and FAPFT's rate, on the seeds' mean scores.
+    scored = sorted(p.name for p in (root / "criteria" / "synthetic").glob("*.json"))
+    assert scored == sorted(f"{c}-s{s}.json" for c in GRADIENT_CRITERIA for s in range(2))
+    grad = [
+        json.loads(
+            (root / "criteria" / "synthetic" / f"{GRADIENT_CRITERIA[0]}-s{s}.json").read_text()
+        )
+        for s in range(2)
+    ]
+    assert grad[0]["config"]["params"] == {"batches": 2, "batch_size": preset.batch_size}
+    picked = {n: m for n, m in metrics.items() if n.startswith("criterion-topk")}
+    assert len(picked) == len(CHEAP_CRITERIA) * preset.seeds
+    for m in picked.values():
+        assert m["config"]["strategy"] == "criterion_topk"
+        assert m["config"]["strategy_params"]["k"] == 2
+        assert m["config"]["hparams"]["lr"] == study["chosen_lr"]["angle_topk largest k=2"]
+    first = next(m for n, m in picked.items() if GRADIENT_CRITERIA[0].replace("_", "-") in n)
+    unit = grad[0]["scores"]["units"][0]["name"]
+    mean = sum(next(u["score"] for u in g["scores"]["units"] if u["name"] == unit) for g in grad)
+    assert first["config"]["strategy_params"]["scores"][unit] == pytest.approx(mean / 2)
+    # augmentation off: the study's partial runs above block 0 train on cached prefixes
+    assert all(m["config"]["hparams"]["augment"] is False for m in metrics.values())
+    lp = [m for n, m in metrics.items() if n.startswith("linear-probe")]
+    assert lp and all(m["prefix_cache"]["used"] for m in lp)
     soups = sorted(p.stem for p in (root / "soups" / "synthetic").glob("*.json"))
     assert soups == ["attn_only", "ffn_only", "full", "mixed_attn_only-ffn_only"]
     mixed = json.loads((root / "soups" / "synthetic" / "mixed_attn_only-ffn_only.json").read_text())
@@ -287,6 +315,11 @@ def test_quick_study_writes_every_run_soup_and_figure(quick_study):
         "### Claim 1",
         "### Claim 2",
         "### Cheap angles",
+        "### Which cheap criterion?",
+        "trained on cached frozen-prefix tokens",
+        "**sum of the runs' own seconds**",
+        "**real elapsed time**",
+        "Augmentation: **off**",
         "### Claim 3",
         "93.51",
         "Verdict on",
@@ -297,8 +330,17 @@ def test_quick_study_writes_every_run_soup_and_figure(quick_study):
         "synthetic_accuracy_vs_params.png",
         "synthetic_angles.png",
         "synthetic_cheap_angles.png",
+        "synthetic_criteria.png",
         "synthetic_soups.png",
     ]
+    section = text.split("### Which cheap criterion?")[1].split("### Claim 3")[0]
+    for c in CHEAP_CRITERIA:
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{c}` |"))
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        assert len(cells) == 9 and all(cells), row  # cost, ρ, 2 overlaps, accuracies, verdicts
+        assert float(cells[1]) >= 0 and cells[3].endswith("%")
+        assert any(o in cells[7] for o in ("equivalent", "better", "worse", "inconclusive"))
+    assert "support no conclusion" in section  # a random-init model at chance
     for f in figs:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size < 300_000
         assert f"](img/reproduction/{f.name})" in text
