@@ -10,6 +10,7 @@ never trained on (greedy soups and model selection use it).
 from __future__ import annotations
 
 import gzip
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -259,9 +260,18 @@ def _read_images(base: Path, root: Path, classes: tuple[str, ...], size: int) ->
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(im).transpose(2, 0, 1))
+                with warnings.catch_warnings():
+                    # Past Image.MAX_IMAGE_PIXELS PIL only warns and decodes (2x: it raises): a
+                    # small file that decodes to gigabytes is refused before it is decoded.
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(path) as im:
+                        im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                        images.append(np.asarray(im).transpose(2, 0, 1))
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+                raise PftError(
+                    f"image {path} is too large to decode safely ({exc}); a decompression bomb? "
+                    "remove it or shrink it"
+                ) from None
             except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
                 raise PftError(
                     f"image {path} cannot be read ({exc}); remove or replace it"

@@ -3,8 +3,10 @@
 Starts `pft up` (Redis, API, worker, dashboard as real processes) in a temporary data folder on
 free ports, then, in the browser: submits an experiment (synthetic dataset, `pft/vit-micro`,
 strategies `full` and `attn_only`, one epoch), waits on the Jobs page until both jobs succeed,
-checks the Results table and the Angles heatmap against the API, builds a uniform soup on the
-Soups page and waits for it; finally stops the lab and checks no process is left behind.
+checks the Results table against the API and brushes its parallel coordinates, checks the
+Angles heatmap against the API, starts a `gradient_norm` rank
+job on the Angles page and checks its per-unit scores, builds a TIES soup on the Soups page and
+checks its per-unit mixing weights; finally stops the lab and checks no process is left behind.
 
 Screenshots of every page go to ``test-artifacts/`` (gitignored), and one of the New experiment
 page to ``docs/img/dashboard.png`` for the README. Nothing is mocked; the browser is the
@@ -28,6 +30,7 @@ import pytest
 
 from contract.api import AnglesPublic
 from tests.lab.lab_process import LabProcess, kill_leftovers, lab_env, wait_gone
+from tests.utils.parcoords import brush
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -251,6 +254,7 @@ def test_experiment_results_angles_and_soup_through_the_browser(lab: LabProcess,
     jobs = _wait_for_jobs(page, lab, experiment_id)
     _check_results(page, lab, experiment_id, jobs)
     _check_angles(page, lab, jobs)
+    _rank_by_gradient_norm(page, lab)
     _build_soup(page, lab, jobs)
 
     # Shut down the way a user does (SIGTERM/Ctrl-C to the launcher): nothing may survive.
@@ -345,12 +349,25 @@ def _check_results(page: Any, lab: LabProcess, experiment_id: int, jobs: dict) -
     traces = _plotly_traces(page, "results-scatter")
     assert traces and sorted(traces[0]["x"]) == sorted(j["tuned_params"] for j in jobs.values())
     _shot(page, "3-results", focus="results-scatter")
+    # Parallel coordinates: brushing the top of the tuned-parameters axis (full fine-tuning's
+    # count) takes attn_only out of the results table.
+    page.frame_locator(".st-key-results-parcoords iframe").locator(".parcoords").first.wait_for(
+        state="attached", timeout=UI_TIMEOUT_MS
+    )
+    brush(page, "tuned params", 0.25, -0.1)
+
+    def brushed() -> set[str] | None:
+        _no_exception(page)
+        shown = {r.get("strategy") for r in _grid(page, "results-table")}
+        return shown if shown and None not in shown and shown != set(rows) else None
+
+    assert _poll(brushed, 30, 0.5, "brushing the parallel coordinates kept the table") == {"full"}
 
 
-def _heatmap_cells(page: Any) -> dict[str, float]:
-    """The unit heatmap as {unit name: degrees}, read from the Plotly figure in the page."""
-    traces = _plotly_traces(page, "angles-unit-heatmap")
-    assert traces, "no heatmap on the Angles page"
+def _heatmap_cells(page: Any, key: str = "angles-unit-heatmap") -> dict[str, float]:
+    """A unit heatmap as {unit name: value}, read from the Plotly figure in the page."""
+    traces = _plotly_traces(page, key)
+    assert traces, f"no heatmap {key} on the page"
     heat = next(t for t in traces if t["type"] == "heatmap")
     cells = {}
     for row, label in enumerate(heat["y"]):
@@ -394,14 +411,48 @@ def _check_angles(page: Any, lab: LabProcess, jobs: dict) -> None:
         assert (cells[unit] > 0.0) == unit.startswith("ATTN."), (unit, cells[unit])
 
 
+def _rank_by_gradient_norm(page: Any, lab: LabProcess) -> None:
+    """A non-angle criterion: a rank job started from the Angles page, its scores shown."""
+    _choose(page, "angles-criterion", "gradient_norm")
+    _button(page, "launch-rank").wait_for(timeout=UI_TIMEOUT_MS)
+    _choose(page, "rank-model", MODEL)
+    _choose(page, "rank-dataset", DATASET)
+    _set_number(page, "rank-gradient_norm-batches", "2")
+    _button(page, "launch-rank").click()
+    _wait_for(page, "text=/Rank job \\d+ .* started: gradient_norm/", "the rank job confirmation")
+    ranks = _jobs(lab, "rank")
+    assert len(ranks) == 1, ranks
+    rank = ranks[0]
+    assert rank["config"]["criterion"] == "gradient_norm" and rank["config"]["model"] == MODEL
+    assert rank["config"]["params"]["batches"] == 2
+
+    def done() -> dict | None:
+        job = _api(lab, f"/api/v1/jobs/{rank['id']}")
+        if job["status"] in ("failed", "cancelled"):
+            pytest.fail(f"the rank job {job['status']}: {job.get('error')}")
+        return job if job["status"] == "succeeded" else None
+
+    job = _poll(done, SOUP_TIMEOUT_S, 1, f"the rank job did not finish in {SOUP_TIMEOUT_S} s")
+    expected = {u["name"]: u["score"] for u in job["result"]["units"]}
+    assert expected and all(score >= 0 for score in expected.values()), expected
+    # The page redraws once the job is done (its progress fragment stops polling).
+    _wait_for(page, ".st-key-angles-score-heatmap .js-plotly-plot", "the score heatmap")
+    cells = _heatmap_cells(page, "angles-score-heatmap")
+    shown = {u: v for u, v in cells.items() if not math.isnan(v)}
+    assert shown.keys() == expected.keys()
+    for unit, score in expected.items():
+        assert shown[unit] == pytest.approx(score, rel=1e-9), unit
+    _shot(page, "4b-gradient-norm", focus="angles-score-heatmap")
+
+
 def _build_soup(page: Any, lab: LabProcess, jobs: dict) -> None:
     _open(page, lab, "/soups", ".st-key-soup-ingredients [role='combobox']")
     for name in STRATEGIES:
         page.locator(".st-key-soup-ingredients [role='combobox']").click()
         page.get_by_role("option").filter(has_text=f"#{jobs[name]['id']} ").first.click()
         page.keyboard.press("Escape")
-    uniform = page.locator(".st-key-soup-method").get_by_text("uniform", exact=True)
-    uniform.click()
+    ties = page.locator(".st-key-soup-method").get_by_text("ties", exact=True)
+    ties.click()
     button = _button(page, "submit-soup")
     _poll(button.is_enabled, 15, 0.3, "the Build soup button stayed disabled")
     button.click()
@@ -409,7 +460,7 @@ def _build_soup(page: Any, lab: LabProcess, jobs: dict) -> None:
     soups = _jobs(lab, "soup")
     assert len(soups) == 1, soups
     soup = soups[0]
-    assert soup["config"]["method"] == "uniform"
+    assert soup["config"]["method"] == "ties"
     assert sorted(soup["config"]["ingredients"]) == sorted(j["id"] for j in jobs.values())
 
     def done() -> bool:
@@ -422,7 +473,7 @@ def _build_soup(page: Any, lab: LabProcess, jobs: dict) -> None:
     # The page shows the soup against its ingredients once the job has succeeded.
     _open(page, lab, "/soups", ".st-key-soup-comparison .js-plotly-plot")
     recipe = _api(lab, f"/api/v1/soups/{soup['id']}")
-    assert recipe["method"] == "uniform" and recipe["status"] == "succeeded"
+    assert recipe["method"] == "ties" and recipe["status"] == "succeeded"
     assert sorted(recipe["ingredients"]) == sorted(j["id"] for j in jobs.values())
     assert recipe["score_in"] is not None and 0.0 <= recipe["score_in"] <= 1.0
     bars = page.evaluate(
@@ -433,3 +484,12 @@ def _build_soup(page: Any, lab: LabProcess, jobs: dict) -> None:
     assert soup_bar, f"no soup bar in the comparison chart: {bars}"
     assert soup_bar["y"][0] == pytest.approx(recipe["score_in"], abs=1e-9), (bars, recipe)
     _shot(page, "5-soups", focus="soup-comparison")
+    # TIES's per-unit weights (the share of the elected sign kept) as a heatmap of units by
+    # ingredients: attn_only tuned no FFN unit, so its FFN cells are blank.
+    assert recipe["mixing"].get("units"), recipe["mixing"]
+    heat = next(t for t in _plotly_traces(page, "soup-mixing") if t["type"] == "heatmap")
+    column = {str(x): i for i, x in enumerate(heat["x"])}
+    rows = {str(y): i for i, y in enumerate(heat["y"])}
+    attn_only = f"job {jobs['attn_only']['id']}"
+    ffn = [r for r in rows if r.startswith("FFN")]
+    assert ffn and all(heat["z"][rows[r]][column[attn_only]] is None for r in ffn), heat

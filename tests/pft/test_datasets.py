@@ -207,3 +207,15 @@ def test_every_catalogue_entry_names_its_own_loader_and_shift_function():
         assert list(inspect.signature(fn).parameters) == ["x", "i", "seed"], shift.name
         x = torch.rand(2, 1, 16, 16)
         assert fn(x, 0, 0).shape == x.shape
+
+
+@pytest.mark.parametrize("side", [40, 64])  # PIL warns past its limit, raises past twice it
+def test_a_decompression_bomb_is_a_user_error_naming_the_file(data_root, monkeypatch, side):
+    from PIL import Image
+
+    _png_folder(data_root / "pets")
+    bomb = data_root / "pets" / "dog" / "bomb.png"
+    Image.new("L", (side, side)).save(bomb)  # a tiny file; the limit is lowered to 1,000 px
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(PftError, match=r"bomb\.png is too large to decode safely.*shrink it"):
+        load_dataset("imagefolder:pets", image_size=8)
