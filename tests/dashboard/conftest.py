@@ -317,3 +317,21 @@ def api(backend: Backend, path: str, **params: Any) -> Any:
     """One GET of the users' API, as JSON."""
     with backend.client() as c:
         return _ok(c.get(path, params=params)).json()
+
+
+@pytest.fixture(scope="module")
+def own_backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """A lab of the test module's own: its jobs queue up in no other module's backend."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with running_backend(tmp_path_factory.mktemp(f"pft-{name}")) as b:
+        yield b
+
+
+@pytest.fixture
+def own_lab(own_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    """The dashboard pointed at `own_backend` for one test, its caches forgotten after."""
+    point_dashboard_at(own_backend, monkeypatch)
+    yield own_backend
+    forget_caches()

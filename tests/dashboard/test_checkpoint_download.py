@@ -4,7 +4,6 @@ the stored file's bytes (fetched by the dashboard with its token; the page never
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,6 @@ from contract.vocab import JobStatus
 from tests.dashboard.conftest import (
     Backend,
     claim,
-    forget_caches,
-    point_dashboard_at,
-    running_backend,
     submit_experiment,
 )
 from tests.dashboard.test_pages import assert_clean, page
@@ -26,18 +22,9 @@ from tests.dashboard.test_pages import assert_clean, page
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def own_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """A lab of this module's own (its jobs queue up in no other test's backend)."""
-    with running_backend(tmp_path_factory.mktemp("pft-dashboard-downloads")) as b:
-        yield b
-
-
 @pytest.fixture
-def lab(own_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    point_dashboard_at(own_backend, monkeypatch)
-    yield own_backend
-    forget_caches()
+def lab(own_lab: Backend) -> Backend:
+    return own_lab
 
 
 class _Recording(MediaFileManager):

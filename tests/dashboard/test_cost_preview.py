@@ -8,8 +8,6 @@ calibrate job."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.dashboard.conftest import (
@@ -19,8 +17,6 @@ from tests.dashboard.conftest import (
     Engine,
     api,
     forget_caches,
-    point_dashboard_at,
-    running_backend,
     submit_experiment,
 )
 from tests.dashboard.test_pages import assert_clean, frame, page, page_text
@@ -28,17 +24,9 @@ from tests.dashboard.test_pages import assert_clean, frame, page, page_text
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def own_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    with running_backend(tmp_path_factory.mktemp("pft-cost-data")) as b:
-        yield b
-
-
 @pytest.fixture
-def env(own_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    point_dashboard_at(own_backend, monkeypatch)
-    yield own_backend
-    forget_caches()
+def env(own_lab: Backend) -> Backend:
+    return own_lab
 
 
 def _choose(at, strategies: list[str]):

@@ -21,9 +21,7 @@ import http.server
 import os
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.dashboard.conftest import Backend, _free_port
+from tests.dashboard.conftest import Backend
+from tests.utils.streamlit_server import streamlit_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -64,65 +63,14 @@ def _non_loopback_address() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _dashboard(backend: Backend, home: Path, bind: str, reach: str) -> Iterator[str]:
+def _dashboard(backend: Backend, home: Path, bind: str, reach: str):  # noqa: ANN202
     """`streamlit run dashboard/server.py` bound to ``bind``; yields its URL through ``reach``."""
-    port = _free_port()
     env = {
-        **os.environ,
         "PFT_API_URL": backend.url,
         "PFT_API_TOKEN": backend.token,
         "PFT_DATA_DIR": str(backend.data_dir),
-        "XDG_CACHE_HOME": str(home / "cache"),
     }
-    for name in ("PFT_DASHBOARD_LOGIN", "PFT_DASHBOARD_ALLOWED_HOSTS"):
-        env.pop(name, None)
-    log_path = home / f"streamlit-{port}.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "dashboard" / "server.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            bind,
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://{reach}:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the dashboard did not start:\n" + log_path.read_text())
-        time.sleep(0.3)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    return streamlit_server(env, home, bind=bind, reach=reach)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,9 +17,6 @@ from tests.dashboard.conftest import (
     Backend,
     api,
     claim,
-    forget_caches,
-    point_dashboard_at,
-    running_backend,
     submit_experiment,
 )
 from tests.dashboard.test_pages import assert_clean, figure, frame, page
@@ -28,18 +24,9 @@ from tests.dashboard.test_pages import assert_clean, figure, frame, page
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def own_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """A lab of this module's own: the loose jobs and soups are exactly the ones made here."""
-    with running_backend(tmp_path_factory.mktemp("pft-dashboard-results-any")) as b:
-        yield b
-
-
 @pytest.fixture
-def lab(own_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    point_dashboard_at(own_backend, monkeypatch)
-    yield own_backend
-    forget_caches()
+def lab(own_lab: Backend) -> Backend:
+    return own_lab
 
 
 def _spread(*values: float) -> Spread:

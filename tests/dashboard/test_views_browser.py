@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.dashboard.conftest import Backend, Engine, _free_port, api, submit_experiment
+from tests.dashboard.conftest import Backend, Engine, api, submit_experiment
 from tests.utils.parcoords import brush
+from tests.utils.streamlit_server import streamlit_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -61,61 +59,14 @@ def lab(backend: Backend, engine: Engine) -> dict:
 
 @pytest.fixture(scope="module")
 def dashboard(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run dashboard/app.py` on a free port, talking to the test backend."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("dashboard")
+    """The dashboard as `pft up` runs it, on a free port, talking to the test backend."""
     env = {
-        **os.environ,
         "PFT_API_URL": backend.url,
         "PFT_API_TOKEN": backend.token,
         "PFT_DATA_DIR": str(backend.data_dir),
-        "XDG_CACHE_HOME": str(home / "cache"),  # where the component's folder is built
     }
-    log = (home / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "dashboard" / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the dashboard did not start:\n" + (home / "streamlit.log").read_text())
-        time.sleep(0.3)
-    try:
+    with streamlit_server(env, tmp_path_factory.mktemp("dashboard")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
