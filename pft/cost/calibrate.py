@@ -207,25 +207,22 @@ def calibrate(
         net.train()
         for blk in blocks[:k]:
             blk.eval()
-        head_params = _tune(net, lambda n: n.startswith("head."))
-        head_opt = _optimizer(head_params, device)
-        feats = Plan(depth, depth)
-        head_time = _median_seconds(
-            lambda: step(lambda: run_suffix(net, feats, features), head_opt), steps, device
-        )
-        with _SavedBytes(net) as saved_head:
-            step(lambda: run_suffix(net, feats, features), None)
-        n_head = sum(p.numel() for p in head_params)
+
+        def train_suffix(own: tuple[str, ...], plan: Plan, inputs: torch.Tensor):  # noqa: ANN202
+            """Median seconds of a training step of ``plan``'s suffix with the tensors named
+            ``own*`` tuned, the bytes it saves for backward, and how many parameters it tunes."""
+            params = _tune(net, lambda n: n.startswith(own))
+            opt = _optimizer(params, device)
+            seconds = _median_seconds(
+                lambda: step(lambda: run_suffix(net, plan, inputs), opt), steps, device
+            )
+            with _SavedBytes(net) as saved:
+                step(lambda: run_suffix(net, plan, inputs), None)
+            return seconds, saved, sum(p.numel() for p in params)
+
+        head_time, saved_head, n_head = train_suffix(("head.",), Plan(depth, depth), features)
         own = ("head.", "norm.", *(f"blocks.{i}." for i in range(k, depth)))
-        suffix_params = _tune(net, lambda n: n.startswith(own))
-        suffix_opt = _optimizer(suffix_params, device)
-        half = Plan(k, depth)
-        suffix = _median_seconds(
-            lambda: step(lambda: run_suffix(net, half, tokens), suffix_opt), steps, device
-        )
-        with _SavedBytes(net) as saved_suffix:
-            step(lambda: run_suffix(net, half, tokens), None)
-        n_suffix = sum(p.numel() for p in suffix_params)
+        suffix, saved_suffix, n_suffix = train_suffix(own, Plan(k, depth), tokens)
         token_bytes = tokens[0].numel() * tokens.element_size()
         net.zero_grad(set_to_none=True)
     else:  # another family: the full path split by the usual ViT ratios (3:1 train:forward)
