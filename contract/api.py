@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from contract.vocab import API_PREFIX, AngleScope, JobKind, JobStatus
 
@@ -98,12 +98,26 @@ class AnglesPublic(BaseModel):
 class ArtifactPublic(_Public):
     job_id: int
     kind: str
-    # The store's own location (a path in the workers' store, or its URL): for workers and
-    # operators on the lab's hosts. API users fetch the bytes from `download`.
-    location: str
+    # Where the file is inside the artifact store, e.g. ``jobs/7/attempt-1/delta.safetensors``:
+    # the same for every host and store (local folder or bucket), never a server path or URL.
+    # Workers get the store's own location on their routes (`ArtifactRef`); users fetch the
+    # bytes from `download`.
+    path: str
     size_bytes: int
     sha256: str
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_in_store(cls, data: Any) -> Any:
+        """From a database row (or a dict) holding the store's ``location``: its `path`."""
+        if isinstance(data, dict):
+            if "path" in data or "location" not in data:
+                return data
+            return {**data, "path": store_path(data["location"], data.get("job_id"))}
+        fields = ("job_id", "kind", "size_bytes", "sha256", "created_at")
+        values = {name: getattr(data, name, None) for name in fields}
+        return {**values, "path": store_path(data.location, values["job_id"])}
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -116,8 +130,19 @@ class ArtifactPublic(_Public):
     @property
     def file_name(self) -> str:
         """What a download is saved as: ``job7-delta.safetensors`` (the stored file's suffix)."""
-        suffix = PurePosixPath(self.location).suffix
+        suffix = PurePosixPath(self.path).suffix
         return f"job{self.job_id}-{self.kind}{suffix}"
+
+
+def store_path(location: str, job_id: int | None) -> str:
+    """The part of a recorded store ``location`` (a host's path or a URL) from the job's folder
+    on: ``/data/artifacts/jobs/7/attempt-1/delta.safetensors`` -> ``jobs/7/attempt-1/...``."""
+    text = str(location).replace("\\", "/")
+    marker = f"jobs/{job_id}/" if job_id is not None else "jobs/"
+    at = text.rfind("/" + marker)
+    if at >= 0:
+        return text[at + 1 :]
+    return text if text.startswith(marker) else PurePosixPath(text).name
 
 
 class SoupPublic(_Public):

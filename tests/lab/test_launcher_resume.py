@@ -99,7 +99,12 @@ def test_ctrl_c_of_the_launcher_mid_epoch_then_up_again_resumes_bit_identical(tm
         deltas = []
         for j in (job_id, reference):
             (delta,) = [a for a in _api(lab, "GET", f"/jobs/{j}/artifacts") if a["kind"] == "delta"]
-            deltas.append((delta["sha256"], hashlib.sha256(Path(delta["location"]).read_bytes())))
+            deltas.append(
+                (
+                    delta["sha256"],
+                    hashlib.sha256(lab.data_dir / "artifacts" / delta["path"].read_bytes()),
+                )
+            )
         assert deltas[0][0] == deltas[1][0] == deltas[0][1].hexdigest() == deltas[1][1].hexdigest()
         records = lab.service_records()
         assert lab.stop() == 0, lab.output

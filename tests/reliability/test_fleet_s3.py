@@ -215,14 +215,14 @@ def _kill_a_host_and_resume_on_another(fleet: Fleet) -> None:
         assert [getattr(m, name) for m in rows] == [getattr(m, name) for m in ref_rows], name
     assert job.result["test_acc"] == ref.result["test_acc"]
 
-    # recorded at s3:// URLs, each in the attempt folder that finished the job
+    # recorded in the attempt folder that finished the job (a path inside the bucket)
     deltas = [lab.artifacts(j)["delta"] for j in (job_id, reference)]
-    assert deltas[0].location == f"{ARTIFACTS}/jobs/{job_id}/attempt-2/delta.safetensors"
-    assert deltas[1].location == f"{ARTIFACTS}/jobs/{reference}/attempt-1/delta.safetensors"
+    assert deltas[0].path == f"jobs/{job_id}/attempt-2/delta.safetensors"
+    assert deltas[1].path == f"jobs/{reference}/attempt-1/delta.safetensors"
     for kind, artifact in lab.artifacts(job_id).items():
-        assert artifact.location.startswith(f"{ARTIFACTS}/jobs/{job_id}/attempt-2/"), kind
+        assert artifact.path.startswith(f"jobs/{job_id}/attempt-2/"), kind
     # byte-identical files in the bucket, matching their recorded sha256
-    blobs = [fleet.read(d.location.removeprefix(ARTIFACTS + "/")) for d in deltas]
+    blobs = [fleet.read(d.path) for d in deltas]
     assert blobs[0] == blobs[1]
     assert deltas[0].sha256 == deltas[1].sha256 == hashlib.sha256(blobs[0]).hexdigest()
     assert deltas[0].size_bytes == len(blobs[0])

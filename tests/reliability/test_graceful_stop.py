@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -51,7 +50,7 @@ def _same_as(lab: Lab, job_id: int, reference: int) -> None:
     got = [[getattr(m, k) for k in METRICS] for m in rows]
     assert got == [[getattr(m, k) for k in METRICS] for m in ref_rows]
     refs = [lab.artifacts(j)["delta"] for j in (job_id, reference)]
-    data = [Path(r.location).read_bytes() for r in refs]
+    data = [lab.file(r).read_bytes() for r in refs]
     assert data[0] == data[1]
     assert refs[0].sha256 == refs[1].sha256 == hashlib.sha256(data[0]).hexdigest()
     assert job.result["test_acc"] == ref.result["test_acc"]

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -270,7 +269,7 @@ def test_a_worker_stopped_in_its_final_phase_then_woken_overwrites_nothing(lab: 
     assert [m.model_dump() for m in lab.metrics(victim)] == rows
     assert {p: p.read_bytes() for p in new_folder.rglob("*") if p.is_file()} == before
     for kind, artifact in recorded.items():
-        path = Path(artifact.location)
+        path = lab.file(artifact)
         assert path.is_relative_to(new_folder), (kind, path)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact.sha256, kind
     assert stopped.alive() and other.alive()

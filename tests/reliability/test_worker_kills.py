@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -72,7 +71,7 @@ def test_five_sigkills_mid_epoch_and_the_job_ends_like_an_uninterrupted_run(lab:
     assert job.result["test_acc"] == ref.result["test_acc"]
     # bit-identical fine-tuned weights, in byte-identical files (the recorded sha256 agree)
     refs = [lab.artifacts(j)["delta"] for j in (job_id, reference)]
-    deltas = [Path(r.location) for r in refs]
+    deltas = [lab.file(r) for r in refs]
     (resumed, resumed_meta), (whole, whole_meta) = (load_delta(p) for p in deltas)
     assert resumed.keys() == whole.keys() and resumed_meta == whole_meta
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)

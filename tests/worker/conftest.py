@@ -227,6 +227,10 @@ class Lab:
         rows = [ArtifactPublic.model_validate(a) for a in self.get(f"/jobs/{job_id}/artifacts")]
         return {a.kind: a for a in rows}
 
+    def file(self, artifact: ArtifactPublic, store: Path | None = None) -> Path:
+        """Where a recorded artifact lies in the (default: the lab's local) artifact store."""
+        return (store or self.data / "artifacts") / artifact.path
+
     def run_dir(self, job_id: int, store: Path | None = None) -> Path:
         """The job's latest attempt folder in the (default: the lab's local) artifact store."""
         found = ArtifactStore(str(store or self.data / "artifacts")).latest_dir(job_id)

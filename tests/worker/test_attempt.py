@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -88,7 +87,7 @@ def test_a_finetune_reports_epochs_final_angle_rows_and_artifacts(lab, settings,
     artifacts = lab.artifacts(job.id)
     assert set(artifacts) == {"delta", "metrics", "angles"}
     for a in artifacts.values():
-        assert sha256_file(Path(a.location)) == a.sha256 and a.size_bytes > 0
+        assert sha256_file(lab.file(a)) == a.sha256 and a.size_bytes > 0
 
 
 @pytest.mark.slow
@@ -116,7 +115,7 @@ def test_soup_jobs_store_trace_and_scores(lab, settings, two_runs, method):
 
 @pytest.mark.slow
 def test_soup_with_a_tampered_ingredient_fails_with_a_clear_message(lab, settings, two_runs):
-    delta = Path(lab.artifacts(two_runs[1])["delta"].location)
+    delta = lab.file(lab.artifacts(two_runs[1])["delta"])
     original = delta.read_bytes()
     try:
         with open(delta, "r+b") as f:  # flip bytes inside the tensor data

@@ -5,7 +5,6 @@ for the spec, and its scores file is stored as an artifact."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +46,6 @@ def test_a_worker_runs_a_rank_job(lab: Lab, monkeypatch):
     )
     artifacts = lab.artifacts(job_id)
     assert set(artifacts) == {"scores"}
-    path = Path(artifacts["scores"].location)
+    path = lab.file(artifacts["scores"])
     assert sha256_file(path) == artifacts["scores"].sha256
     assert json.loads(path.read_text())["units"] == job.result["units"]

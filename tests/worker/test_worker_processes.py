@@ -7,8 +7,6 @@ the worker processes and the training are real. Workers hold no database URL.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from backend.enqueue import broker_job_ids
@@ -48,7 +46,7 @@ def test_job_runs_to_success_and_a_duplicate_delivery_does_not_run_it_again(lab:
     artifacts = lab.artifacts(job_id)
     assert set(artifacts) == {"delta", "metrics", "angles"}
     for artifact in artifacts.values():
-        assert sha256_file(Path(artifact.location)) == artifact.sha256
+        assert sha256_file(lab.file(artifact)) == artifact.sha256
 
     # The duplicate message reaches the (idle again) worker, which must skip the finished job.
     wait_for(lambda: f"job {job_id} not claimed" in worker.log(), 30, "the duplicate delivery")

@@ -74,6 +74,9 @@ def test_the_checkpoint_downloads_with_its_recorded_hash(
     artifact = ArtifactPublic.model_validate(listed)
     assert artifact.download == f"{API_PREFIX}/jobs/{job_id}/artifacts/delta/file"
     assert listed["download"] == artifact.download  # the JSON carries it too
+    # where it is inside the store, never the server's own path
+    assert listed["path"] == f"jobs/{job_id}/delta.safetensors"
+    assert "location" not in listed and str(settings.layout.artifacts) not in str(listed)
     r = client.get(artifact.download)
     assert r.status_code == 200, r.text
     assert r.content == path.read_bytes() == BYTES
@@ -85,6 +88,18 @@ def test_the_checkpoint_downloads_with_its_recorded_hash(
     assert r.headers["content-disposition"] == (
         f'attachment; filename="job{job_id}-delta.safetensors"'
     )
+
+
+def test_a_remote_location_is_listed_as_its_path_in_the_bucket(
+    client: TestClient, db: Session
+) -> None:
+    job = queued_finetune(db)
+    url = f"s3://lab-bucket/prefix/jobs/{job.id}/attempt-3/delta.safetensors"
+    job_id = _finish(db, job.id, url, BYTES, DELTA_ARTIFACT)
+    (listed,) = client.get(f"{API_PREFIX}/jobs/{job_id}/artifacts").json()
+    assert "s3:" not in str(listed) and "lab-bucket" not in str(listed)
+    assert listed["path"] == f"jobs/{job_id}/attempt-3/delta.safetensors"
+    assert listed["file_name"] == f"job{job_id}-delta.safetensors"
 
 
 def test_a_json_artifact_keeps_its_extension(
