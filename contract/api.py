@@ -530,6 +530,10 @@ class Claim(BaseModel):
     claim: str  # this attempt's token
     attempt: int
     inputs: dict[str, ArtifactRef] = {}  # soups: ingredient job id -> its delta checkpoint
+    # The job's identity beyond its id (its creation time in this database): the store's
+    # attempt folders of another database's job with the same id (a lost or replaced lab.db,
+    # ids counting from 1 again) are never resumed from nor pruned (`pft.store`).
+    origin: str = ""
 
 
 class _Claimed(BaseModel):
@@ -589,6 +593,16 @@ class ReleaseReport(_Claimed):
 
     reason: str = Field("worker stopped", max_length=400)
     epochs: list[EpochRecord] = []  # the attempt's epochs (fills any a report lost)
+
+
+class KillReport(_Claimed):
+    """The kernel killed the process running the job for memory (``POST
+    /worker/jobs/{id}/killed``, from the worker's parent, `pft.jobs.memory_kills`): the job fails
+    with ``error``, also when its heartbeat went stale first and it was queued again, as long as
+    no later attempt claimed it."""
+
+    attempt: int = Field(ge=1, le=1_000_000)
+    error: str = Field(min_length=1, max_length=2000)
 
 
 class ShapeTableReport(BaseModel):

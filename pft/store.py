@@ -20,6 +20,13 @@ write into its own attempt's folder, which the database never points at: the art
 records are those of the attempt that finished it, so their sha256 always match the files.
 Frozen-prefix caches are rebuilt, never copied or uploaded. Folders written before attempts
 existed (files directly under ``jobs/<id>/``) seed the first attempt.
+
+Origins: an attempt folder's marker (``attempt.json``) records the job's ``origin``, its identity
+beyond the id (the claim's: the job's creation time in the database). Job ids start from 1
+again in a new database (``lab.db`` lost or replaced), so ``jobs/1/`` may hold another job's
+attempts: a new attempt is seeded only from attempts of its own origin (or of none recorded:
+written before origins were), and pruning leaves the others alone (they are that other
+database's files, should it come back from a backup).
 """
 
 from __future__ import annotations
@@ -167,9 +174,10 @@ class ArtifactStore:
             fs.get_file(path, str(target))
         return local
 
-    def new_attempt(self, job_id: int) -> int:
-        """Takes a fresh attempt number for a claim of ``job_id``: one more than every attempt
-        folder the store holds, locally and remotely (the remote folder is marked at once)."""
+    def new_attempt(self, job_id: int, origin: str = "") -> int:
+        """Takes a fresh attempt number for a claim of ``job_id`` (of ``origin``, see the module
+        docstring): one more than every attempt folder the store holds, locally and remotely;
+        its marker is written at once (to the remote store too)."""
         base = self.root / _job_rel(job_id)
         base.mkdir(parents=True, exist_ok=True)
         taken = set(_attempts(p.name for p in base.iterdir()))
@@ -182,10 +190,30 @@ class ArtifactStore:
                 break
             except FileExistsError:  # taken a moment ago in this cache
                 n += 1
+        marker = {"attempt": n, "host": socket.gethostname(), "pid": os.getpid()}
+        data = json.dumps({**marker, "origin": origin}).encode()
+        (base / f"{ATTEMPT_PREFIX}{n}" / ATTEMPT_MARKER).write_bytes(data)
         if not self.local:
-            marker = json.dumps({"attempt": n, "host": socket.gethostname(), "pid": os.getpid()})
-            self._fs().pipe_file(self._remote(job_id, ATTEMPT_MARKER, n), marker.encode())
+            self._fs().pipe_file(self._remote(job_id, ATTEMPT_MARKER, n), data)
         return n
+
+    def _origin(self, job_id: int, attempt: int) -> str:
+        """The origin an attempt folder's marker records ("" when none: an attempt made before
+        origins were recorded, or an unreadable marker)."""
+        try:
+            if self.local:
+                data = (self.root / _job_rel(job_id, attempt) / ATTEMPT_MARKER).read_bytes()
+            else:
+                data = self._fs().cat_file(self._remote(job_id, ATTEMPT_MARKER, attempt))
+            return str(json.loads(data).get("origin") or "")
+        except (OSError, ValueError, AttributeError):
+            return ""
+
+    def _own_attempts(self, job_id: int, numbers: Iterable[int], origin: str) -> list[int]:
+        """Those of the attempt ``numbers`` that belong to the job of ``origin``."""
+        if not origin:
+            return list(numbers)
+        return [m for m in numbers if self._origin(job_id, m) in ("", origin)]
 
     def _remote_names(self, job_id: int) -> list[str]:
         fs = self._fs()
@@ -196,12 +224,16 @@ class ArtifactStore:
 
     def _pull_attempt(self, job_id: int, attempt: int) -> Path:
         local = self.job_dir(job_id, attempt)
-        if any(local.iterdir()):
+        if any(p.name != ATTEMPT_MARKER for p in local.iterdir()):
             return local  # pulled already
+        origin = self._origin(job_id, attempt)
         if self.local:
             base = self.root / _job_rel(job_id)
             earlier = [m for m in _attempts(p.name for p in base.iterdir()) if m < attempt]
-            src = base / f"{ATTEMPT_PREFIX}{max(earlier)}" if earlier else base
+            mine = self._own_attempts(job_id, earlier, origin)
+            if earlier and not mine:
+                return local  # only another database's job ran here: start afresh
+            src = base / f"{ATTEMPT_PREFIX}{max(mine)}" if mine else base
             for path in _own_files(src):
                 target = local / path.relative_to(src)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -214,10 +246,13 @@ class ArtifactStore:
         remote = fs._strip_protocol(self._remote(job_id))
         names = self._remote_names(job_id)
         earlier = [m for m in _attempts(names) if m < attempt]
-        src = f"{remote}/{ATTEMPT_PREFIX}{max(earlier)}" if earlier else remote
+        mine = self._own_attempts(job_id, earlier, origin)
+        if earlier and not mine:
+            return local  # only another database's job ran here: start afresh
+        src = f"{remote}/{ATTEMPT_PREFIX}{max(mine)}" if mine else remote
         for path in fs.find(src) if names else []:
             rel = path[len(src) :].lstrip("/")
-            if not _seeded(rel, legacy=not earlier):
+            if not _seeded(rel, legacy=not mine):
                 continue
             target = local / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -257,20 +292,23 @@ class ArtifactStore:
         if gone:
             fs.rm(gone)
 
-    def prune(self, job_id: int, keep: Iterable[str] = ()) -> None:
+    def prune(self, job_id: int, keep: Iterable[str] = (), origin: str = "") -> None:
         """Removes the job's attempt folders (locally and in the remote store) but those holding
-        one of the ``keep`` locations (the artifacts the job recorded): once the API took an
-        attempt's end, the others are of no use to anyone."""
+        one of the ``keep`` locations (the artifacts the job recorded) and those of another
+        origin (another database's job): once the API took an attempt's end, the others are
+        of no use to anyone."""
         kept = {m.group(1) for loc in keep if (m := _ATTEMPT_IN.search(loc))}
         base = self.root / _job_rel(job_id)
         local = _attempts(p.name for p in base.iterdir()) if base.is_dir() else {}
-        for name in local.values():
-            if name not in kept:
+        remote = _attempts(self._remote_names(job_id)) if not self.local else {}
+        ours = set(self._own_attempts(job_id, sorted(set(local) | set(remote)), origin))
+        for number, name in local.items():
+            if name not in kept and number in ours:
                 shutil.rmtree(base / name, ignore_errors=True)
-        if not self.local:
+        if remote:
             fs = self._fs()
-            for name in _attempts(self._remote_names(job_id)).values():
-                if name not in kept:
+            for number, name in remote.items():
+                if name not in kept and number in ours:
                     fs.rm(f"{fs._strip_protocol(self._remote(job_id))}/{name}", recursive=True)
 
     def clear(self, job_id: int) -> None:

@@ -4,6 +4,7 @@ for s3://, which cannot be reached from here)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 
@@ -120,7 +121,7 @@ def test_remote_attempts_are_numbered_across_hosts_and_seeded_from_the_bucket(tm
     local = b.pull(6, m)
     assert local == tmp_path / "host-b" / "jobs" / "6" / "attempt-2"
     assert (local / "state" / "state.json").read_text() == '{"epoch": 3}'
-    assert not (local / "attempt.json").exists()  # the marker stays with its attempt
+    assert json.loads((local / "attempt.json").read_text())["attempt"] == 2  # its own marker
     assert (
         b.describe(6, "state/state.json", m).location == f"{url}/jobs/6/attempt-2/state/state.json"
     )
@@ -165,3 +166,31 @@ def test_a_push_uploads_pointers_last_mirrors_the_attempt_and_prune_keeps_the_re
     assert not fs.exists(remote) and not store.job_dir(8).joinpath(f"attempt-{n}").exists()
     assert fs.exists(f"{url}/jobs/8/attempt-{later}/delta.safetensors")
     assert store.latest_dir(8) == tmp_path / "host" / "jobs" / "8" / f"attempt-{later}"
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_another_databases_job_with_the_same_id_is_neither_resumed_nor_pruned(tmp_path, remote):
+    """A new lab.db counts job ids from 1 again: job 3 of the new database must start afresh,
+    not from the finished run job 3 of the lost one left in the store, and leave it alone."""
+    url = f"memory://pft-{uuid.uuid4().hex[:8]}/artifacts" if remote else str(tmp_path / "a")
+    old = ArtifactStore(url, cache_dir=tmp_path / "old")
+    n = old.new_attempt(3, origin="2026-11-30T10:00:00")
+    (old.pull(3, n) / "metrics.json").write_text('{"old": true}')
+    old.push(3, n)
+
+    new = ArtifactStore(url, cache_dir=tmp_path / "new")
+    m = new.new_attempt(3, origin="2026-12-02T09:00:00")
+    assert m == n + 1  # numbered after the old attempts all the same
+    folder = new.pull(3, m)
+    assert sorted(p.name for p in folder.iterdir()) == ["attempt.json"]  # nothing seeded
+    (folder / "metrics.json").write_text('{"new": true}')
+    new.push(3, m)
+    k = new.new_attempt(3, origin="2026-12-02T09:00:00")  # a retry of the new job
+    assert (new.pull(3, k) / "metrics.json").read_text() == '{"new": true}'  # its own attempt
+    new.prune(3, keep=[new.describe(3, "metrics.json", k).location], origin="2026-12-02T09:00:00")
+    if remote:
+        fs = fsspec.filesystem("memory")
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/jobs/3", detail=False))
+    else:
+        names = sorted(p.name for p in (tmp_path / "a" / "jobs" / "3").iterdir())
+    assert names == [f"attempt-{n}", f"attempt-{k}"]  # the old job's attempt stays; m is pruned

@@ -130,3 +130,27 @@ def test_api_killed_and_restarted_while_jobs_run_loses_nothing(lab: Lab, monkeyp
         assert job.status == JobStatus.SUCCEEDED and job.attempts == 1, (job_id, job.error)
         assert lab.epochs(job_id) == [1, 2, 3]
     forget_caches()
+
+
+def test_a_new_database_runs_its_job_1_afresh_and_keeps_the_old_job_1s_files(lab: Lab):
+    """``lab.db`` lost: a new database counts job ids from 1 again. Its job 1 (another
+    configuration) must neither resume from nor trip over the old job 1's finished run in the
+    store ("holds a finished run with a different configuration"), nor delete it."""
+    lab.start_worker("w1")
+    old_id = lab.create_job(hparams={"epochs": 1, "batch_size": 8})
+    assert lab.wait_status(old_id, FINAL, 120).status == JobStatus.SUCCEEDED
+    old = lab.artifacts(old_id)["delta"]
+    old_bytes = lab.file(old).read_bytes()
+
+    lab.api.stop()
+    for path in lab.data.glob("lab.db*"):  # the database and its -wal / -shm files
+        path.unlink()
+    lab.api.start()  # a new, empty database
+    new_id = lab.create_job(hparams={"epochs": 1, "batch_size": 8, "lr": 3e-3})
+    assert new_id == old_id  # the id collides with the old job's folder
+    job = lab.wait_status(new_id, FINAL, 120)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1, job.error
+    assert job.result["resumed_from_step"] == 0  # a fresh run, nothing reused
+    new = lab.artifacts(new_id)["delta"]
+    assert new.path != old.path and new.sha256 != old.sha256
+    assert lab.file(old).read_bytes() == old_bytes  # the old database's run is left alone

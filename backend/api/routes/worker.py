@@ -28,6 +28,7 @@ from contract.api import (
     FinishReport,
     HeartbeatReply,
     HeartbeatReport,
+    KillReport,
     ReleaseReport,
     ShapeTableReport,
 )
@@ -92,6 +93,7 @@ def claim_job(
         claim=job.claim,
         attempt=job.attempts,
         inputs=_inputs(session, job),
+        origin=job.created_at.isoformat(),
     )
 
 
@@ -143,6 +145,15 @@ def release(
     if not claims.release_job(session, job_id=job_id, claim=report.claim, report=report):
         raise _lost(session, job_id, report.claim)
     background.add_task(enqueue_jobs, [job_id], settings=settings)
+
+
+@router.post("/jobs/{job_id}/killed", status_code=status.HTTP_204_NO_CONTENT, responses=_LOST)
+def killed(job_id: IdPath, report: KillReport, session: SessionDep) -> None:
+    """The kernel killed the process running the job for memory: the job fails with the
+    report's error at once (no retry: it would die the same way), also when its heartbeat went
+    stale first and it waits in the queue again, unless a later attempt claimed it."""
+    if not claims.fail_killed_job(session, job_id=job_id, report=report):
+        raise _lost(session, job_id, report.claim)
 
 
 @router.put("/shape-tables", status_code=status.HTTP_204_NO_CONTENT)

@@ -16,7 +16,15 @@ from backend.db.models import Job
 from backend.db.session import get_engine, make_sessionmaker
 from backend.main import create_app
 from backend.reconciler import reconcile
-from contract.api import AnglesPublic, Claim, FinishReport, HeartbeatReply, JobPublic, SoupPublic
+from contract.api import (
+    AnglesPublic,
+    Claim,
+    FinishReport,
+    HeartbeatReply,
+    JobPublic,
+    SoupPublic,
+    store_path,
+)
 from contract.vocab import API_PREFIX, WORKER_ROUTES, JobKind, JobStatus
 from pft.jobs.specs import FinetuneSpec, spec_from_dict
 from pft.model_catalog import TEST_MODEL, get_spec, shape_key, shape_table
@@ -69,6 +77,8 @@ def test_a_job_from_claim_to_finish(
     )
     spec = spec_from_dict(claim.kind, claim.spec)
     assert isinstance(spec, FinetuneSpec) and claim.spec == job.config
+    db.refresh(job)
+    assert claim.origin == job.created_at.isoformat()  # tells it from another lab.db's job
     running = JobPublic.model_validate(client.get(f"{API_PREFIX}/jobs/{job.id}").json())
     assert (running.status, running.worker, running.attempts) == ("running", "gpu-1", 1)
 
@@ -224,8 +234,8 @@ def test_a_soup_claim_hands_out_its_ingredients_deltas(
     for job_id in ingredients:
         [delta] = client.get(f"{API_PREFIX}/jobs/{job_id}/artifacts").json()
         ref = claim.inputs[str(job_id)]
-        assert (ref.location, ref.size_bytes, ref.sha256) == (
-            delta["location"],
+        assert (store_path(ref.location, job_id), ref.size_bytes, ref.sha256) == (
+            delta["path"],
             delta["size_bytes"],
             delta["sha256"],
         )
@@ -275,3 +285,50 @@ def test_worker_routes_take_only_the_worker_token(
 def test_user_routes_refuse_the_worker_token(worker_client: TestClient, path: str) -> None:
     r = worker_client.get(f"{API_PREFIX}{path}")
     assert r.status_code == 401 and "API token" in r.json()["detail"]
+
+
+def _killed(worker_client: TestClient, job_id: int, claim: Claim) -> int:
+    body = {"claim": claim.claim, "attempt": claim.attempt, "error": "out of memory: killed"}
+    return worker_client.post(f"{W}/jobs/{job_id}/killed", json=body).status_code
+
+
+def test_a_kill_for_memory_fails_the_job_once_and_a_repeat_is_answered_as_taken(
+    client: TestClient, worker_client: TestClient, db: Session
+) -> None:
+    job = queued_finetune(db)
+    claim = _claim(worker_client, job.id)
+    assert _killed(worker_client, job.id, claim) == 204
+    shown = JobPublic.model_validate(client.get(f"{API_PREFIX}/jobs/{job.id}").json())
+    assert (shown.status, shown.error, shown.attempts) == ("failed", "out of memory: killed", 1)
+    assert _killed(worker_client, job.id, claim) == 204  # the parent retried a lost answer
+    r = worker_client.post(f"{W}/jobs/{job.id}/claim", json={"worker": "gpu-2"})
+    assert r.status_code == 409  # not retried
+
+
+def test_a_kill_for_memory_after_the_reconciler_requeued_the_stalled_attempt_still_counts(
+    client: TestClient, worker_client: TestClient, db: Session
+) -> None:
+    """The process stalled as memory ran out, its heartbeat went stale, the reconciler queued
+    the job again; then the kernel killed it. Nobody has claimed it since: it fails."""
+    job = queued_finetune(db)
+    claim = _claim(worker_client, job.id)
+    requeued, _, _ = crud.release_stale_jobs(db, stale_after_s=-60, max_attempts=3)
+    assert requeued == [job.id]
+    assert _killed(worker_client, job.id, claim) == 204
+    db.expire_all()
+    assert db.get(Job, job.id).status == JobStatus.FAILED
+
+
+def test_a_kill_report_of_an_older_attempt_leaves_a_newer_one_alone(
+    worker_client: TestClient, db: Session
+) -> None:
+    job = queued_finetune(db)
+    first = _claim(worker_client, job.id)
+    crud.release_stale_jobs(db, stale_after_s=-60, max_attempts=3)
+    second = _claim(worker_client, job.id, worker="gpu-2")
+    assert second.attempt == 2
+    assert _killed(worker_client, job.id, first) == 409  # the second attempt runs on
+    db.expire_all()
+    assert db.get(Job, job.id).status == JobStatus.RUNNING
+    forged = {"claim": "not-a-claim", "attempt": 2, "error": "x"}
+    assert worker_client.post(f"{W}/jobs/{job.id}/killed", json=forged).status_code == 409
