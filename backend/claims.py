@@ -13,6 +13,9 @@ A worker's life with a job::
     heartbeat(s, job_id=..., claim=job.claim, progress=0.3, info={...})  # cancel flag, or None
     record_epoch(s, job_id=..., claim=..., record=EpochRecord(...))  # upsert by (job, epoch)
     finish_job(s, job_id=..., claim=..., report=FinishReport(...))   # one transaction
+
+`fail_killed_job` is the one write a claim may make after the reconciler re-queued its job:
+the kernel killed the attempt's process for memory, its heartbeat having stalled first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from contract.api import (
     ArtifactReport,
     EpochRecord,
     FinishReport,
+    KillReport,
     MetricPublic,
     ReleaseReport,
     SoupOutcome,
@@ -191,6 +195,36 @@ def release_job(session: Session, *, job_id: int, claim: str, report: ReleaseRep
         _put_epoch(session, job_id, record)
     session.commit()
     log.info("job %s released by its worker (%s); queued again", job_id, report.reason)
+    return True
+
+
+def fail_killed_job(session: Session, *, job_id: int, report: KillReport) -> bool:
+    """Fails a job whose process the kernel killed for memory: while ``report.claim`` owns it,
+    or once the reconciler queued it again because that attempt's heartbeat went stale (its
+    process stalled as memory ran out) and no later attempt has claimed it. The claim is kept
+    on the row, so a repeated report is answered as taken. False otherwise."""
+    if not _well_formed(report.claim):
+        return False
+    requeued_by_it = and_(
+        Job.status == JobStatus.QUEUED,
+        Job.claim.is_(None),
+        Job.attempts == report.attempt,
+        Job.cancel_requested.is_(False),
+    )
+    now = utcnow()
+    values = {
+        "status": JobStatus.FAILED,
+        "claim": report.claim,
+        "error": report.error,
+        "finished_at": now,
+        "heartbeat_at": now,
+    }
+    owned = or_(and_(*_owned(job_id, report.claim)), and_(Job.id == job_id, requeued_by_it))
+    if session.execute(update(Job).where(owned).values(**values)).rowcount != 1:
+        session.rollback()
+        return _finished_by(session, job_id, report.claim)
+    session.commit()
+    log.info("job %s failed: its process was killed for memory", job_id)
     return True
 
 

@@ -83,3 +83,8 @@ class DataLayout:
     @property
     def run(self) -> Path:
         return self.root / "run"
+
+    @property
+    def claim_notes(self) -> Path:
+        """What each job process notes on the job it runs (`pft.jobs.memory_kills`)."""
+        return self.run / "claims"

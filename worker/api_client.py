@@ -91,5 +91,9 @@ class WorkerApi(httpx.Client):
         """Gives the job back to the queue (this worker is stopping)."""
         self._call("POST", f"/jobs/{job_id}/release", report, retry_s)
 
+    def killed(self, job_id: int, report: api.KillReport, *, retry_s: float = 0) -> None:
+        """Fails a job whose process the kernel killed for memory (`end_killed_job`)."""
+        self._call("POST", f"/jobs/{job_id}/killed", report, retry_s)
+
     def shape_table(self, report: api.ShapeTableReport) -> None:
         self._call("PUT", "/shape-tables", report)

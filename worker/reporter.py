@@ -4,10 +4,8 @@ The engine's thread never waits on the network: callbacks only record, and a dae
 every heartbeat interval (at once after an epoch) the buffered epochs in order, then a heartbeat
 with the latest progress (its reply carries the cancel flag). While the API is away the reports
 wait and the job runs on; after a 409 nothing more is sent and the next callback raises JobLost.
-
 Mid-epoch checkpoints every ``checkpoint_every_s`` (`pft.jobs.stopping.CheckpointTimer`); once
-``stopping`` is set (SIGTERM), ``should_cancel()`` is true: the engine saves and stops, and the
-attempt gives the job back instead of ending it.
+``stopping`` is set (SIGTERM), ``should_cancel()`` is true: the engine saves and stops.
 """
 
 from __future__ import annotations

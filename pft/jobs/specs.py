@@ -198,3 +198,10 @@ class JobResult:
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path in the run folder
     # soups: {"trace", "score_in", "scores_out", "mixing"} (`contract.api.SoupOutcome`)
     soup: dict[str, Any] | None = None
+
+    def epoch_records(self) -> list[dict[str, Any]]:
+        """Each epoch's metrics with its angle rows (`contract.api.EpochRecord`)."""
+        return [
+            {"epoch": m["epoch"], "metrics": m, "angles": self.trajectory.get(m["epoch"], [])}
+            for m in self.epochs
+        ]

@@ -282,10 +282,18 @@ class Lab:
 
     # -- workers --------------------------------------------------------------------------
     def start_worker(
-        self, name: str = "w1", *, env: dict[str, str] | None = None, wait_ready: bool = True
+        self,
+        name: str = "w1",
+        *,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        wrap: list[str] | None = None,
     ) -> WorkerProcess:
+        """A real Celery worker (``pft worker``'s command line; ``wrap`` runs it through
+        another command, e.g. one that moves it into a cgroup first)."""
         log_path = self.root / f"worker-{name}.log"
         argv = worker_argv(1, queue=self.queue, hostname=f"{name}@{self.queue}")
+        argv = [*(wrap or []), *argv]
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 argv,
