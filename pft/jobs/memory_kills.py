@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pft.jobs.processes import alive
+
 log = logging.getLogger(__name__)
 
 VMSTAT = Path("/proc/vmstat")
@@ -132,19 +134,9 @@ def notes_of_dead_processes(folder: Path, job_id: int) -> list[tuple[Path, Claim
             note = ClaimNote(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if note.job_id == job_id and not _alive(note.pid):
+        if note.job_id == job_id and not alive(note.pid):
             found.append((path, note))
     return sorted(found, key=lambda item: item[1].attempt, reverse=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def killed_for_memory(note: ClaimNote) -> bool:
