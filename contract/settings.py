@@ -46,6 +46,9 @@ class LabSettings(BaseSettings):
         description="built-in backbones load the weights the package ships when the data folder "
         "has none of its own; false: they must be made by `pft pretrain` (`pft up` queues it)",
     )
+    # The artifact store the workers write and the API reads to serve downloads
+    # (`pft.store`; `backend.artifact_files` refuses files recorded anywhere else).
+    artifact_url: str | None = Field(None, description="folder or fsspec URL; default artifacts/")
 
     @property
     def layout(self) -> DataLayout:
@@ -60,6 +63,10 @@ class LabSettings(BaseSettings):
         if self.datasets_dir is not None:
             return self.datasets_dir.expanduser().resolve()
         return self.layout.datasets
+
+    @property
+    def resolved_artifact_url(self) -> str:
+        return self.artifact_url or str(self.layout.artifacts)
 
     @property
     def resolved_api_url(self) -> str:

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from contract import api
 from contract.vocab import JobStatus
 from pft.errors import PftError
-from pft.jobs.devices import pool_index, require_device, resolve_device, set_torch_threads
+from pft.jobs.devices import require_device, resolve_device, set_torch_threads
 from pft.jobs.memory_kills import claim_note, memory_kill
 from pft.jobs.runner import describe_failure, run
 from pft.jobs.specs import FinetuneSpec, spec_from_dict
@@ -42,7 +42,7 @@ def run_job(
     """Runs job ``job_id`` if the API hands it to this worker; the outcome: succeeded, failed,
     cancelled, skipped (not ours) or lost (another worker owns it, or the API took no end)."""
     settings = settings or get_settings()
-    device = resolve_device(settings.device, pool_index())
+    device = resolve_device(settings.device, _pool_index())
     worker = worker or f"{socket.gethostname()}:{os.getpid()} ({device})"
     with WorkerApi(settings) as client:
         try:
@@ -148,3 +148,10 @@ def _share_shape_table(client: WorkerApi, spec: FinetuneSpec) -> None:
             client.shape_table(api.ShapeTableReport(key=key, model=name, table=table))
     except Exception:  # the job's result does not depend on it
         log.exception("could not share the shape table of %s", spec.model)
+
+
+def _pool_index() -> int:
+    """This pool process's index (0, 1, ...): which GPU plain ``PFT_DEVICE=cuda`` uses."""
+    from billiard.process import current_process
+
+    return int(getattr(current_process(), "index", 0) or 0)

@@ -18,7 +18,6 @@ class WorkerSettings(LabSettings):
     device: Annotated[str | None, AfterValidator(check_device_setting)] = Field(
         None, description="torch device; default cuda if available"
     )
-    artifact_url: str | None = Field(None, description="folder or fsspec URL; default artifacts/")
     heartbeat_interval_s: float = Field(3.0, gt=0, le=30, description="at most stale_s / 3")
     worker_token: SecretStr | None = Field(None, description="default: the file the API wrote")
     torch_threads: int | None = Field(None, ge=1, description="default: the CPUs we may use")
@@ -38,10 +37,6 @@ class WorkerSettings(LabSettings):
                 f"of PFT_HEARTBEAT_STALE_S={self.heartbeat_stale_s}, or live jobs look dead"
             )
         return self
-
-    @property
-    def resolved_artifact_url(self) -> str:
-        return self.artifact_url or str(self.layout.artifacts)
 
 
 @cache

@@ -52,18 +52,11 @@ class ApiSettings(LabSettings):
         "the usual 1024 open files, so a flood cannot starve the database and the reconciler",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
-    # The workers' store (their PFT_ARTIFACT_URL); the API reads it only to serve downloads
-    # (`backend.artifact_files`): files recorded anywhere else are refused.
-    artifact_url: str | None = Field(None, description="folder or fsspec URL; default artifacts/")
 
     @property
     def db_url(self) -> str:
         """The database URL, with the embedded SQLite default filled in."""
         return self.database_url or self.layout.sqlite_url
-
-    @property
-    def resolved_artifact_url(self) -> str:
-        return self.artifact_url or str(self.layout.artifacts)
 
 
 @cache

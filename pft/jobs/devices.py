@@ -31,14 +31,6 @@ def resolve_device(setting: str | None, process_index: int = 0) -> str:
     return setting or "cpu"
 
 
-def pool_index() -> int:
-    """This worker pool process's index (0, 1, ...; billiard's, Celery's prefork pool): which
-    GPU plain ``PFT_DEVICE=cuda`` uses; 0 outside a pool."""
-    from billiard.process import current_process
-
-    return int(getattr(current_process(), "index", 0) or 0)
-
-
 def require_device(device: str) -> None:
     """PftError (a user error: the worker's setting) when ``device`` is CUDA on a host without."""
     import torch

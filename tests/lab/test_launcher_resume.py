@@ -102,7 +102,7 @@ def test_ctrl_c_of_the_launcher_mid_epoch_then_up_again_resumes_bit_identical(tm
             deltas.append(
                 (
                     delta["sha256"],
-                    hashlib.sha256(lab.data_dir / "artifacts" / delta["path"].read_bytes()),
+                    hashlib.sha256((lab.data_dir / "artifacts" / delta["path"]).read_bytes()),
                 )
             )
         assert deltas[0][0] == deltas[1][0] == deltas[0][1].hexdigest() == deltas[1][1].hexdigest()
