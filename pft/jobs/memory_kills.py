@@ -10,6 +10,11 @@ a pool process dies by SIGKILL, the parent reads its note: a count that went up 
 kernel killed for memory meanwhile, and the parent fails the job with `out_of_memory_error` at
 once (no retry: it would die the same way each time). Any other kill is left to the API's
 reconciler, which re-queues the job once its heartbeat is stale.
+
+A job process also offers itself to the OOM killer first (``oom_score_adj`` +500, which any
+process may raise for itself): otherwise the kernel may pick the worker's parent (its RSS counts
+the file pages of torch's libraries, which the job process's reclaim evicted from its own), or
+another service on the host, and nobody is left to say what happened.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ def claim_note(folder: Path, claim: Any) -> Iterator[Path]:
         batch_size=batch if isinstance(batch, int) else None,
         oom_kills=oom_kill_counters(),
     )
+    volunteer_for_oom_killer()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{note.pid}.json"
     tmp = path.with_name(f".{path.name}.tmp")
@@ -108,6 +114,20 @@ def claim_note(folder: Path, claim: Any) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+OOM_SCORE_ADJ = 500  # of -1000 (never) .. 1000 (first): before any process left at 0
+
+
+def volunteer_for_oom_killer(adj: int = OOM_SCORE_ADJ) -> None:
+    """Makes this process the OOM killer's choice before those at a lower ``oom_score_adj``
+    (only ever raised: lowering needs privileges); nothing where there is no such file."""
+    path = Path("/proc/self/oom_score_adj")
+    try:
+        if int(path.read_text()) < adj:
+            path.write_text(str(adj))
+    except (OSError, ValueError):
+        log.info("could not raise this job process's oom_score_adj")
 
 
 def memory_kill(folder: Path, job_id: int) -> dict[str, Any] | None:

@@ -139,7 +139,27 @@ def _claim(job_id: int = 7, attempt: int = 2) -> SimpleNamespace:
     return SimpleNamespace(job_id=job_id, claim="c-" + uuid.uuid4().hex, attempt=attempt, spec=spec)
 
 
-def test_a_note_lives_while_its_job_runs_and_a_dead_processs_note_is_read_once(tmp_path):
+def test_a_job_process_offers_itself_to_the_oom_killer_first(tmp_path):
+    """In a process of its own (as a job's pool process): the parent keeps its score."""
+    code = (
+        "import sys, types; from pathlib import Path; from pft.jobs import memory_kills as m; "
+        "c = types.SimpleNamespace(job_id=1, claim='c', attempt=1, spec={}); "
+        "cm = m.claim_note(Path(sys.argv[1]), c); cm.__enter__(); "
+        "print(Path('/proc/self/oom_score_adj').read_text().strip())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    if not Path("/proc/self/oom_score_adj").exists():
+        pytest.skip("no /proc/self/oom_score_adj here (not Linux)")
+    assert int(out.stdout) == memory_kills.OOM_SCORE_ADJ
+    assert int(Path("/proc/self/oom_score_adj").read_text()) < memory_kills.OOM_SCORE_ADJ
+
+
+def test_a_note_lives_while_its_job_runs_and_a_dead_processs_note_is_read_once(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(memory_kills, "volunteer_for_oom_killer", lambda: None)  # not pytest
     claim = _claim()
     with memory_kills.claim_note(tmp_path, claim) as path:
         note = json.loads(path.read_text())
