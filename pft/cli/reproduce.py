@@ -41,7 +41,7 @@ def reproduce(
     ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="the CI preset: minutes, test model"),
     preset: str = typer.Option(
-        FULL_PRESET, help="quick, reduced (~45 min CPU) or full (~2.5 h CPU)"
+        FULL_PRESET, help="quick, reduced (~45 min CPU) or full (~2.3 h CPU)"
     ),
     out: Path = typer.Option(None, help="study folder (default: $PFT_DATA_DIR/reproduce/PRESET)"),
     seeds: int = typer.Option(None, help="seeds per strategy (overrides the preset)"),
@@ -59,6 +59,9 @@ def reproduce(
     ),
     threads: int = typer.Option(None, help="torch CPU threads (1 is fastest on a busy machine)"),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    workers: int = typer.Option(
+        1, help="runs trained at once, each in a process of its own (e.g. one per CPU core)"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
 ) -> None:
     """Run (or resume) the study, then write the report: three claims, tables, figures.
@@ -79,6 +82,8 @@ def reproduce(
         )
     except PftError as exc:
         _fail(str(exc))
+    if workers < 1:
+        _fail(f"--workers must be an integer >= 1, got {workers}")
     if threads is not None:
         if threads < 1:
             _fail(f"--threads must be an integer >= 1, got {threads}")
@@ -99,6 +104,7 @@ def reproduce(
             device=device,
             progress=progress,
             command=command,
+            workers=workers,
         )
     except PftError as exc:
         _fail(str(exc))

@@ -4,13 +4,19 @@ Every run lives in its own folder; a folder with a finished ``metrics.json`` is 
 run interrupted mid-way resumes from the engine's epoch checkpoint. A cheap criterion's scores
 are kept in a file of their own and reused while their configuration is unchanged. Learning
 rates are chosen on the held-out split; test accuracy is only read by the analysis.
+
+With ``workers`` > 1 the runs of a phase that do not depend on each other (a grid, a phase's
+seeds) train at once in that many processes of their own (spawned, each with the parent's torch
+thread count); each run is deterministic on its own, so the results do not depend on it.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pft.checkpoint import write_json
+from pft.errors import PftError
 from pft.reproduce.plan import (
     FULL,
     GRADIENT_CRITERIA,
@@ -74,8 +81,12 @@ class Study:
         device: str | None = None,
         progress: bool = True,
         log: Log | None = None,
+        workers: int = 1,
     ):
+        if workers < 1:
+            raise PftError(f"workers must be an integer >= 1, got {workers}")
         self.preset, self.root, self.device = preset, Path(root), device
+        self.workers, self._pool = workers, None
         self.log = log or (lambda msg: tqdm.write(msg))
         self.bar = tqdm(
             total=count_plan(preset).runs,
@@ -98,6 +109,8 @@ class Study:
         finally:
             self._clock()
             self.bar.close()
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
         return self.state
 
     def _sessions(self) -> list[dict[str, Any]]:
@@ -114,25 +127,66 @@ class Study:
     def _runs(
         self, specs: Sequence[RunSpec], angles: dict[str, float] | None = None
     ) -> list[Record]:
-        return [self._run(spec, angles) for spec in specs]
+        """The records of ``specs`` (in their order), training those not finished yet."""
+        pending = {i: self._pending(spec, angles) for i, spec in enumerate(specs)}
+        todo = [i for i, (_, _, record) in pending.items() if record is None]
+        if self.workers > 1 and len(todo) > 1:
+            import torch
+
+            if self._pool is None:
+                spawn = multiprocessing.get_context("spawn")  # no fork of a torch process
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=spawn)
+            threads = torch.get_num_threads()
+            futures = {
+                i: self._pool.submit(
+                    _train,
+                    pending[i][1].to_dict(),
+                    str(pending[i][0]),
+                    self.device,
+                    specs[i].train_limit,
+                    threads,
+                )
+                for i in todo
+            }
+            index = {f: i for i, f in futures.items()}
+            done = {}
+            for f in as_completed(index):  # progress as runs end, whatever their order
+                i = index[f]
+                done[i] = self._finished(specs[i], pending[i][0], f.result())
+        else:
+            done = {i: self._train(specs[i], *pending[i][:2]) for i in todo}
+        records = []
+        for i in range(len(specs)):
+            records.append(done.get(i) or pending[i][2])
+            if i not in done:
+                self.bar.update(1)
+        return records
 
     def _run(self, spec: RunSpec, angles: dict[str, float] | None) -> Record:
-        from pft.engine import finetune
+        return self._runs([spec], angles)[0]
 
+    def _pending(self, spec: RunSpec, angles: dict[str, float] | None) -> tuple:
+        """(folder, engine config, its finished record or None when it must train)."""
         folder = run_dir(self.root, spec)
         cfg = to_spec(spec, self.preset, angles)
         record = load_record(folder)
-        if record is None or record.summary.get("config") != cfg.to_dict():
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "spec.json", spec.to_dict())
-            self.bar.set_postfix_str(f"{spec.dataset} {spec.run_id}")
-            start = time.perf_counter()
-            finetune(cfg, folder, device=self.device, train_limit=spec.train_limit)
-            write_json(folder / "timing.json", {"wall_seconds": time.perf_counter() - start})
-            record = load_record(folder)
-            assert record is not None  # the engine wrote metrics.json
-            self.log(f"{spec.dataset:>16} {spec.run_id:<44} heldout {record.heldout:.3f}")
-            self._clock()
+        if record is not None and record.summary.get("config") == cfg.to_dict():
+            return folder, cfg, record
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "spec.json", spec.to_dict())
+        return folder, cfg, None
+
+    def _train(self, spec: RunSpec, folder: Path, cfg: Any) -> Record:
+        self.bar.set_postfix_str(f"{spec.dataset} {spec.run_id}")
+        seconds = _train(cfg.to_dict(), str(folder), self.device, spec.train_limit, None)
+        return self._finished(spec, folder, seconds)
+
+    def _finished(self, spec: RunSpec, folder: Path, seconds: float) -> Record:
+        write_json(folder / "timing.json", {"wall_seconds": seconds})
+        record = load_record(folder)
+        assert record is not None  # the engine wrote metrics.json
+        self.log(f"{spec.dataset:>16} {spec.run_id:<44} heldout {record.heldout:.3f}")
+        self._clock()
         self.bar.update(1)
         return record
 
@@ -262,6 +316,23 @@ class Study:
         return names
 
 
+def _train(
+    cfg: dict[str, Any], folder: str, device: str | None, limit: int | None, threads: int | None
+) -> float:
+    """One run by the engine (in this process, or in a worker process of the study's pool);
+    its wall seconds."""
+    import torch
+
+    from pft.engine import finetune
+    from pft.jobs.specs import FinetuneSpec
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    finetune(FinetuneSpec.from_dict(cfg), Path(folder), device=device, train_limit=limit)
+    return time.perf_counter() - start
+
+
 def run_study(
     preset: Preset,
     root: Path,
@@ -269,6 +340,9 @@ def run_study(
     device: str | None = None,
     progress: bool = True,
     log: Log | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Runs (or resumes) every phase of ``preset`` under ``root``; returns ``study.json``."""
-    return Study(preset, root, device=device, progress=progress, log=log).run()
+    """Runs (or resumes) every phase of ``preset`` under ``root`` (``workers`` runs at once);
+    returns ``study.json``."""
+    study = Study(preset, root, device=device, progress=progress, log=log, workers=workers)
+    return study.run()

@@ -248,6 +248,7 @@ def reproduce(
     progress: bool = True,
     command: str = "pft reproduce",
     log: Log | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Runs the study (unless ``run`` is false), then writes figures and the report.
 
@@ -256,7 +257,7 @@ def reproduce(
     root = Path(root)
     if run:
         check_backbone(preset)
-        run_study(preset, root, device=device, progress=progress, log=log)
+        run_study(preset, root, device=device, progress=progress, log=log, workers=workers)
     report = Path(report) if report else root / "REPRODUCTION.md"
     figures = Path(figures) if figures else report.parent / "img" / "reproduction"
     from pft.reproduce.figures import write_figures  # matplotlib: only to draw

@@ -460,3 +460,32 @@ def test_the_study_needs_matplotlib_only_to_draw():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_runs_trained_by_several_worker_processes_are_the_same_runs(tmp_path):
+    """``--workers 2``: a phase's runs train at once in spawned processes, with the same
+    results as one after another (each run is deterministic on its own): byte-identical
+    deltas, equal per-epoch metrics, the same chosen learning rates."""
+    from pft.reproduce.executor import run_study
+
+    preset = customise(get_preset("quick"), seeds=1)
+    one = run_study(preset, tmp_path / "one", device="cpu", progress=False, log=lambda _: None)
+    two = run_study(
+        preset, tmp_path / "two", device="cpu", progress=False, log=lambda _: None, workers=2
+    )
+    assert one["targets"]["synthetic"]["chosen_lr"] == two["targets"]["synthetic"]["chosen_lr"]
+    folders = sorted(p.name for p in (tmp_path / "one" / "runs" / "synthetic").iterdir())
+    assert folders == sorted(p.name for p in (tmp_path / "two" / "runs" / "synthetic").iterdir())
+    assert len(folders) > 10
+    keys = ("epoch", "train_loss", "heldout_acc", "test_acc")
+    for name in folders:
+        a, b = (tmp_path / side / "runs" / "synthetic" / name for side in ("one", "two"))
+        assert (a / "delta.safetensors").read_bytes() == (b / "delta.safetensors").read_bytes()
+        ma, mb = (json.loads((x / "metrics.json").read_text()) for x in (a, b))
+        assert [{k: e[k] for k in keys} for e in ma["epochs"]] == [
+            {k: e[k] for k in keys} for e in mb["epochs"]
+        ], name
+    with pytest.raises(PftError, match="workers must be an integer >= 1"):
+        run_study(preset, tmp_path / "three", workers=0)
+    assert not (tmp_path / "three").exists()

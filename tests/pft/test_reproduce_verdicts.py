@@ -330,7 +330,10 @@ def test_the_study_widens_grids_selects_on_an_unreported_seed_and_matches_soups(
         made[name] = [(r.label, r.spec.seed, r.spec.lr) for r in ingredients]
         return {"name": name, "ingredients": [r.spec.run_id for r in ingredients]}
 
-    monkeypatch.setattr(executor.Study, "_run", fake_run)
+    def fake_runs(self, specs, angles=None):
+        return [fake_run(self, spec, angles) for spec in specs]
+
+    monkeypatch.setattr(executor.Study, "_runs", fake_runs)  # `_run` of one spec too
     monkeypatch.setattr(executor, "soup_runs", fake_soup)
     preset = replace(get_preset("quick"), widen=3)
     state = executor.run_study(preset, tmp_path, progress=False)["targets"]["synthetic"]
