@@ -201,7 +201,9 @@ def calibrate(
             k = depth // 2
             tokens = run_prefix(net, Plan(k, depth), x)
             features = run_prefix(net, Plan(depth, depth), x)
-        block_forward = max(whole - stem, 0.0) / depth
+        # The stem costs less than the whole prefix; on a busy CPU the two timings can cross,
+        # and then the stem is taken to cost what one block does.
+        block_forward = (whole - stem) / depth if whole > stem else whole / (depth + 1)
 
         say("suffix path")
         net.train()
@@ -236,7 +238,10 @@ def calibrate(
     stem_forward = stem if supported else 0.0  # timed on preprocessed images
     head_train = max(head_time - opt_per_param * n_head, 0.0)
     if supported and depth > k:
-        block_train = max(suffix - opt_per_param * n_suffix - head_train, 0.0) / (depth - k)
+        # A block's training step includes its forward pass: that much at least, when timing
+        # noise on a busy CPU leaves less (or nothing) of the difference.
+        measured = (suffix - opt_per_param * n_suffix - head_train) / (depth - k)
+        block_train = max(measured, block_forward)
     else:
         block_train = 3 * block_forward
     full_noopt = full - opt_time

@@ -11,10 +11,11 @@ kernel killed for memory meanwhile, and the parent fails the job with `out_of_me
 once (no retry: it would die the same way each time). Any other kill is left to the API's
 reconciler, which re-queues the job once its heartbeat is stale.
 
-A job process also offers itself to the OOM killer first (``oom_score_adj`` +500, which any
-process may raise for itself): otherwise the kernel may pick the worker's parent (its RSS counts
-the file pages of torch's libraries, which the job process's reclaim evicted from its own), or
-another service on the host, and nobody is left to say what happened.
+A job process also offers itself to the OOM killer first (``oom_score_adj`` 500, and 300
+over its parent's, which any process may raise for itself): otherwise the kernel may pick the
+worker's parent (its RSS counts the file pages of torch's libraries, which the job process's
+reclaim evicted from its own), or another service on the host, and nobody is left to say what
+happened.
 """
 
 from __future__ import annotations
@@ -117,15 +118,20 @@ def claim_note(folder: Path, claim: Any) -> Iterator[Path]:
 
 
 OOM_SCORE_ADJ = 500  # of -1000 (never) .. 1000 (first): before any process left at 0
+ABOVE_PARENT = 300  # and above the worker's parent, whose score the process inherited
 
 
-def volunteer_for_oom_killer(adj: int = OOM_SCORE_ADJ) -> None:
-    """Makes this process the OOM killer's choice before those at a lower ``oom_score_adj``
-    (only ever raised: lowering needs privileges); nothing where there is no such file."""
+def volunteer_for_oom_killer() -> None:
+    """Makes this process the OOM killer's choice before its parent and the processes at a
+    lower ``oom_score_adj``: at least `OOM_SCORE_ADJ`, and `ABOVE_PARENT` over the score it
+    inherited (only ever raised: lowering needs privileges); nothing where there is no such
+    file."""
     path = Path("/proc/self/oom_score_adj")
     try:
-        if int(path.read_text()) < adj:
-            path.write_text(str(adj))
+        inherited = int(path.read_text())
+        wanted = min(1000, max(OOM_SCORE_ADJ, inherited + ABOVE_PARENT))
+        if wanted > inherited:
+            path.write_text(str(wanted))
     except (OSError, ValueError):
         log.info("could not raise this job process's oom_score_adj")
 

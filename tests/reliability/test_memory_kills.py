@@ -63,7 +63,10 @@ class MemoryCgroup:
     def wrap(self) -> list[str]:
         """A command prefix that moves the process into the cgroup, then runs the rest."""
         procs = self.path / "cgroup.procs"
-        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"]
+        # The worker starts at oom_score_adj 0 where it may (pytest's own may have been raised
+        # by in-process worker tests), as `pft worker` would.
+        reset = "echo 0 > /proc/self/oom_score_adj 2>/dev/null;"
+        return ["sh", "-c", f'{reset} echo $$ > {procs} && exec "$@"', "sh"]
 
     def remove(self) -> None:
         """Moves any process still in it to the parent cgroup, then removes it."""
@@ -140,20 +143,41 @@ def _claim(job_id: int = 7, attempt: int = 2) -> SimpleNamespace:
 
 
 def test_a_job_process_offers_itself_to_the_oom_killer_first(tmp_path):
-    """In a process of its own (as a job's pool process): the parent keeps its score."""
+    """In a process of its own (as a job's pool process), started at score 0."""
+    adj = Path("/proc/self/oom_score_adj")
+    if not adj.exists():
+        pytest.skip("no /proc/self/oom_score_adj here (not Linux)")
     code = (
         "import sys, types; from pathlib import Path; from pft.jobs import memory_kills as m; "
+        "adj = Path('/proc/self/oom_score_adj'); before = adj.read_text().strip(); "
         "c = types.SimpleNamespace(job_id=1, claim='c', attempt=1, spec={}); "
         "cm = m.claim_note(Path(sys.argv[1]), c); cm.__enter__(); "
-        "print(Path('/proc/self/oom_score_adj').read_text().strip())"
+        "print(before, adj.read_text().strip())"
     )
+
+    def from_zero() -> None:  # pytest's own score may be raised (in-process worker tests)
+        with contextlib.suppress(OSError):  # lowering needs CAP_SYS_RESOURCE (root has it)
+            Path("/proc/self/oom_score_adj").write_text("0")
+
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=from_zero,
     )
-    if not Path("/proc/self/oom_score_adj").exists():
-        pytest.skip("no /proc/self/oom_score_adj here (not Linux)")
-    assert int(out.stdout) == memory_kills.OOM_SCORE_ADJ
-    assert int(Path("/proc/self/oom_score_adj").read_text()) < memory_kills.OOM_SCORE_ADJ
+    before, after = (int(v) for v in out.stdout.split())
+    if before >= memory_kills.OOM_SCORE_ADJ:
+        pytest.skip(f"the test process's oom_score_adj is {before} and cannot be lowered here")
+    assert after == memory_kills.OOM_SCORE_ADJ  # from 0: 500
+    out = subprocess.run(  # from a parent already at 600 (say): above it
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: Path("/proc/self/oom_score_adj").write_text("600"),
+    )
+    assert out.stdout.split() == ["600", "900"]
 
 
 def test_a_note_lives_while_its_job_runs_and_a_dead_processs_note_is_read_once(
