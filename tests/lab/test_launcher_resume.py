@@ -20,7 +20,7 @@ import pytest
 from pft.store import ArtifactStore
 from tests.lab.lab_process import LabProcess, kill_leftovers, lab_env, wait_gone
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
 
 JOB = {
     "kind": "finetune",
@@ -73,7 +73,7 @@ def test_ctrl_c_of_the_launcher_mid_epoch_then_up_again_resumes_bit_identical(tm
     try:
         lab.wait_up()
         reference = _api(lab, "POST", "/jobs", JOB)["id"]
-        ref = _wait(lab, reference, lambda j: j["status"] in FINAL, 180, "the reference job")
+        ref = _wait(lab, reference, lambda j: j["status"] in FINAL, 300, "the reference job")
         assert ref["status"] == "succeeded", ref
 
         job_id = _api(lab, "POST", "/jobs", JOB)["id"]
@@ -87,7 +87,7 @@ def test_ctrl_c_of_the_launcher_mid_epoch_then_up_again_resumes_bit_identical(tm
 
         lab = LabProcess.start(env)  # `pft up` again, same data folder
         lab.wait_up()
-        job = _wait(lab, job_id, lambda j: j["status"] in FINAL, 180, "the resumed job")
+        job = _wait(lab, job_id, lambda j: j["status"] in FINAL, 300, "the resumed job")
         assert job["status"] == "succeeded", job
         assert job["result"]["resumed_from_step"] == saved["global_step"]  # not an epoch start
         assert job["attempts"] == 1  # the stop gave its attempt back
