@@ -45,7 +45,7 @@ RUNNING = """
 ```bash
 pft reproduce --quick                      # CI smoke test on the random-init test model (~1 min)
 pft reproduce --preset reduced --threads 1 --report docs/REPRODUCTION.md   # ~45 min, digits
-pft reproduce --preset full --report docs/REPRODUCTION.md                  # both targets
+pft reproduce --preset full --workers 2 --threads 1 --report docs/REPRODUCTION.md  # both targets
 pft reproduce --preset full --report-only --report docs/REPRODUCTION.md    # report only
 ```
 
@@ -55,7 +55,8 @@ the command again skips finished runs and resumes an interrupted one from its la
 The `angle_topk` runs use the mean angles of every seed's full run, so adding seeds re-runs them
 (their configuration changed); other finished runs are kept.
 `python benchmarks/reproduce.py` takes the same options. `--threads 1` is fastest on a CPU that
-other work shares. The built-in backbone must exist first (`pft pretrain`).
+other work shares; `--workers N` trains N runs at once, each in a process of its own (one per
+CPU core). The built-in backbone ships with the package (`pft pretrain` remakes it).
 """
 
 
